@@ -1,0 +1,1 @@
+"""jet-jax: Jet-Nemotron in JAX/Flax NNX."""
