@@ -1,0 +1,118 @@
+"""Grouped-query attention as in Qwen2 (q/k/v bias, RoPE), full or sliding-window.
+
+Segment-aware (packed documents never attend across boundaries). With a cache it continues
+a stream: `attn` layers keep a preallocated KV buffer, `swa` layers a ring buffer of
+`window` slots. Each slot remembers the absolute stream index of its token (-1 = empty or
+padding), so causality, the window and padding are one mask.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jet_jax.config import ModelConfig
+from jet_jax.layers.rope import apply_rope
+from jet_jax.sharding import partitioned
+
+NEG_INF = -1e30
+
+
+def attention_scores_softmax(q, k, v, mask, scale):
+    """q: [B, Tq, KV, G, D], k/v: [B, Tk, KV, D], mask: [B, Tq, Tk] -> [B, Tq, KV, G, D]."""
+    s = jnp.einsum("bqngd,bknd->bngqk", q, k, preferred_element_type=jnp.float32) * scale
+    s = jnp.where(mask[:, None, None], s, NEG_INF)
+    p = jax.nn.softmax(s, axis=-1)
+    # A query with no visible key (padding rows) gets zeros instead of a uniform average.
+    p = jnp.where(mask[:, None, None].any(-1, keepdims=True), p, 0.0)
+    return jnp.einsum("bngqk,bknd->bqngd", p.astype(v.dtype), v)
+
+
+class Attention(nnx.Module):
+    """x: [B, T, D] -> [B, T, D]. window=None: full causal; else sliding window."""
+
+    def __init__(self, cfg: ModelConfig, *, window: int | None, rngs: nnx.Rngs,
+                 dtype=jnp.float32, param_dtype=jnp.float32):
+        d, h, kv, hd = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.num_heads, self.num_kv_heads, self.head_dim = h, kv, hd
+        self.window = window
+        self.rope_theta = cfg.rope_theta
+        init = nnx.initializers.normal(cfg.initializer_range)
+        zeros = nnx.initializers.zeros_init()
+        common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.q_proj = nnx.Linear(d, h * hd, use_bias=True, kernel_init=partitioned(init, "embed", "heads"),
+                                 bias_init=partitioned(zeros, "heads"), **common)
+        self.k_proj = nnx.Linear(d, kv * hd, use_bias=True, kernel_init=partitioned(init, "embed", "kv_heads"),
+                                 bias_init=partitioned(zeros, "kv_heads"), **common)
+        self.v_proj = nnx.Linear(d, kv * hd, use_bias=True, kernel_init=partitioned(init, "embed", "kv_heads"),
+                                 bias_init=partitioned(zeros, "kv_heads"), **common)
+        self.o_proj = nnx.Linear(h * hd, d, use_bias=False, kernel_init=partitioned(init, "heads", "embed"),
+                                 **common)
+
+    def init_cache(self, batch_size: int, max_length: int, dtype=jnp.float32) -> dict:
+        slots = max_length if self.window is None else min(self.window, max_length)
+        shape = (batch_size, slots, self.num_kv_heads, self.head_dim)
+        return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
+                "slot_index": jnp.full((batch_size, slots), -1, jnp.int32),
+                "length": jnp.zeros((), jnp.int32)}
+
+    def cache_bytes(self, batch_size: int, context: int, dtype_bytes: int = 2) -> int:
+        slots = context if self.window is None else min(self.window, context)
+        return 2 * batch_size * slots * self.num_kv_heads * self.head_dim * dtype_bytes
+
+    def __call__(self, x: jax.Array, *, positions: jax.Array, segment_ids: jax.Array | None = None,
+                 cache: dict | None = None):
+        """positions: [B, T] RoPE positions; segment_ids: [B, T] (0 = padding when caching).
+
+        Returns (y [B, T, D], new_cache or None).
+        """
+        b, t, _ = x.shape
+        q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
+        k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        q = apply_rope(q, positions, self.rope_theta)
+        k = apply_rope(k, positions, self.rope_theta)
+        groups = self.num_heads // self.num_kv_heads
+        q = q.reshape(b, t, self.num_kv_heads, groups, self.head_dim)
+
+        if cache is None:
+            qi = jnp.arange(t)
+            mask = qi[:, None] >= qi[None, :]
+            if self.window is not None:
+                mask &= (qi[:, None] - qi[None, :]) < self.window
+            mask = jnp.broadcast_to(mask, (b, t, t))
+            if segment_ids is not None:
+                mask &= segment_ids[:, :, None] == segment_ids[:, None, :]
+            keys, values, new_cache = k, v, None
+        else:
+            start = cache["length"]
+            new_index = start + jnp.arange(t, dtype=jnp.int32)[None, :]
+            new_index = jnp.broadcast_to(new_index, (b, t))
+            if segment_ids is not None:
+                new_index = jnp.where(segment_ids != 0, new_index, -1)
+            keys = jnp.concatenate([cache["k"], k.astype(cache["k"].dtype)], axis=1)
+            values = jnp.concatenate([cache["v"], v.astype(cache["v"].dtype)], axis=1)
+            key_index = jnp.concatenate([cache["slot_index"], new_index], axis=1)
+            q_index = start + jnp.arange(t, dtype=jnp.int32)
+            mask = (key_index[:, None, :] >= 0) & (key_index[:, None, :] <= q_index[None, :, None])
+            if self.window is not None:
+                mask &= (q_index[None, :, None] - key_index[:, None, :]) < self.window
+            new_cache = self._write_cache(cache, k, v, new_index, start)
+        out = attention_scores_softmax(q, keys.astype(q.dtype), values.astype(q.dtype), mask,
+                                       self.head_dim ** -0.5)
+        return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim)), new_cache
+
+    def _write_cache(self, cache, k, v, new_index, start):
+        slots = cache["k"].shape[1]
+        t = k.shape[1]
+        if self.window is None:
+            upd = lambda buf, new: jax.lax.dynamic_update_slice_in_dim(buf, new.astype(buf.dtype), start, 1)
+            return {"k": upd(cache["k"], k), "v": upd(cache["v"], v),
+                    "slot_index": upd(cache["slot_index"], new_index), "length": start + t}
+        # Ring buffer: only the newest `slots` tokens survive; their slots are distinct.
+        keep = min(t, slots)
+        pos = (start + t - keep + jnp.arange(keep)) % slots
+        upd = lambda buf, new: buf.at[:, pos].set(new[:, t - keep:].astype(buf.dtype))
+        return {"k": upd(cache["k"], k), "v": upd(cache["v"], v),
+                "slot_index": upd(cache["slot_index"], new_index), "length": start + t}

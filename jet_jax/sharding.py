@@ -1,0 +1,98 @@
+"""Logical axis names carried by parameters, and the one rules table that maps them to a mesh.
+
+Parameters are annotated with logical names at construction (placement is deferred:
+`eager_sharding=False`); training turns the annotations into `NamedSharding`s for a
+`(data, fsdp, tensor)` mesh with `logical_to_mesh_sharding`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# logical name -> mesh axis (or axes); None = replicated. `embed` is the FSDP-sharded dim of
+# every large matrix; the per-head / MLP / vocab dims are tensor-parallel.
+LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("sequence", None),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),       # flattened query heads x head_dim / JetBlock key or value dim
+    ("kv_heads", "tensor"),    # flattened KV heads x head_dim
+    ("conv_taps", "tensor"),   # dynamic-conv generator output (value dim x conv taps)
+    ("generator", None),       # dynamic-conv generator bottleneck
+    ("head_scalars", None),    # per-head scalars (A_log, dt_bias, beta/decay projections)
+    ("norm", None),
+)
+
+
+def partitioned(init, *names: str | None):
+    """Wrap an initializer so its parameter carries logical axis `names` (placement deferred)."""
+    return nnx.with_partitioning(init, tuple(names), eager_sharding=False)
+
+
+def logical_param(value, *names: str | None) -> nnx.Param:
+    return nnx.Param(value, sharding=tuple(names), eager_sharding=False)
+
+
+def logical_to_mesh_spec(names: Sequence[str | None] | None,
+                         rules: Sequence[tuple[str, Any]] = LOGICAL_AXIS_RULES,
+                         mesh: Mesh | None = None) -> PartitionSpec:
+    """PartitionSpec for logical `names`; a mesh axis is used at most once per array and
+    axes of size 1 (or missing from `mesh`) are dropped."""
+    if not names:
+        return PartitionSpec()
+    table = dict(rules)
+    used: set[str] = set()
+    out = []
+    for name in names:
+        if name is not None and name not in table:
+            raise ValueError(f"logical axis {name!r} has no rule; known: {sorted(table)}")
+        axes = table.get(name) if name is not None else None
+        axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        if mesh is not None:
+            axes = tuple(a for a in axes if a in mesh.shape and mesh.shape[a] > 1)
+        axes = tuple(a for a in axes if a not in used)
+        used.update(axes)
+        out.append(None if not axes else axes[0] if len(axes) == 1 else axes)
+    return PartitionSpec(*out)
+
+
+def state_shardings(state, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
+    """NamedSharding pytree for an `nnx.State` (or abstract state) from its logical names.
+
+    A dim whose size does not divide the mesh axes assigned to it is replicated instead.
+    """
+    def one(var):
+        names = var.get_metadata().get("out_sharding") if isinstance(var, nnx.Variable) else None
+        spec = logical_to_mesh_spec(names, rules, mesh)
+        shape = getattr(var, "shape", None) or getattr(var.value, "shape", ())
+        fixed = []
+        for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+            ax = (axes,) if isinstance(axes, str) else tuple(axes or ())
+            size = 1
+            for a in ax:
+                size *= mesh.shape[a]
+            fixed.append(axes if ax and dim % size == 0 else None)
+        return NamedSharding(mesh, PartitionSpec(*fixed))
+
+    return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def make_mesh(shape: Sequence[int], axis_names: Sequence[str] = MESH_AXES,
+              devices=None) -> Mesh:
+    """A `(data, fsdp, tensor)` mesh; `shape` must multiply to the number of devices used."""
+    devices = list(devices if devices is not None else jax.devices())
+    n = 1
+    for s in shape:
+        n *= s
+    if n != len(devices):
+        raise ValueError(f"mesh shape {tuple(shape)} needs {n} devices, found {len(devices)}")
+    import numpy as np
+    return Mesh(np.asarray(devices).reshape(tuple(shape)), tuple(axis_names))
