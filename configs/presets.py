@@ -31,7 +31,7 @@ JET_NEMOTRON_4B = QWEN2_5_3B.replace(
 TINY_QWEN2 = ModelConfig(
     vocab_size=512, hidden_size=64, intermediate_size=176, num_hidden_layers=4,
     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-    tie_word_embeddings=True, bos_token_id=256, eos_token_id=257)
+    tie_word_embeddings=True, bos_token_id=257, eos_token_id=258, pad_token_id=256)  # ByteTokenizer ids
 
 TINY_JET = TINY_QWEN2.replace(
     layer_types=hybrid_layer_types(4, attn=(1,), swa=(2,)), window_size=32,

@@ -19,8 +19,8 @@ OFFICIAL_LAYER_TYPES = ("attn", "swa", "jet")
 
 def known_layer_types() -> tuple[str, ...]:
     try:
-        from jet_jax.layers.zoo import ZOO_BLOCKS
-        return OFFICIAL_LAYER_TYPES + tuple(ZOO_BLOCKS)
+        from jet_jax.layers.zoo import MIXERS
+        return OFFICIAL_LAYER_TYPES + tuple(MIXERS)
     except ImportError:
         return OFFICIAL_LAYER_TYPES
 

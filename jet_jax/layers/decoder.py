@@ -24,14 +24,13 @@ def make_mixer(cfg: ModelConfig, layer_type: str, *, rngs: nnx.Rngs, dtype, para
         return JetBlock(cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
                         gdr_implementation=gdr_implementation,
                         conv_implementation=conv_implementation)
-    from jet_jax.layers.zoo import ZOO_BLOCKS  # PostNAS candidate blocks
-    if layer_type not in ZOO_BLOCKS:
+    from jet_jax.layers.zoo import MIXERS  # PostNAS candidate blocks
+    if layer_type not in MIXERS:
         raise ValueError(f"unknown layer type {layer_type!r}; valid: attn, swa, jet, "
-                         f"{', '.join(ZOO_BLOCKS)}")
+                         f"{', '.join(MIXERS)}")
     kw = dict(num_heads=cfg.jet.num_heads, head_dim=cfg.jet.head_dim)
     kw.update(cfg.zoo_kwargs(layer_type))
-    return ZOO_BLOCKS[layer_type](cfg.hidden_size, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
-                                  **kw)
+    return MIXERS[layer_type](cfg.hidden_size, rngs=rngs, dtype=dtype, param_dtype=param_dtype, **kw)
 
 
 class DecoderLayer(nnx.Module):

@@ -1,0 +1,286 @@
+"""The training/eval input pipeline: sources -> tokens -> packed rows -> mixed,
+shuffled, batched and sharded numpy batches, as a checkpointable grain iterator.
+
+Per source (k-th entry of ``DataConfig.sources``):
+
+    documents (MapDataset, random access)
+      -> shuffle by index (per epoch, seed from (cfg.seed, k)) -> repeat(num_epochs)
+      -> tokenize + bos/eos + shift        (packing.encode_document)
+      -> pack into seq_len rows           (concat-then-split; MQAR: first-fit)
+      -> window-shuffle rows               (so one batch does not hold 8
+                                            consecutive slices of one long play)
+    then IterDataset.mix(sources, weights)  (weights = share of packed rows)
+      -> batch(global batch_size) -> this process's slice of rows.
+
+Process sharding: every process builds the same global row stream and keeps
+rows [p * B_local, (p + 1) * B_local) of each global batch. The global batch is
+therefore identical for any process count (runs resume across topologies and
+the local batches tile the global one exactly), at the cost of every host
+tokenizing the whole global batch; that is cheap for the byte tokenizer and HF
+`tokenizers` at this project's scale. If host CPU ever becomes the bottleneck,
+shard the document sources per process instead (grain.sharding).
+
+Checkpointing: the returned iterator is a ``grain.DatasetIterator``;
+``it.get_state()`` is a small JSON-able dict and ``it.set_state(state)`` on a
+fresh iterator from the same config reproduces exactly the batches that would
+have followed.
+
+Every batch is a dict of numpy arrays [B_local, T] (see packing.ROW_KEYS):
+input_ids, segment_ids, positions, targets int32; loss_mask float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import grain
+import jax
+import numpy as np
+
+from train.data import packing
+from train.data.mqar import MQARConfig, MQARSource
+from train.data.sources import SourceConfig, open_document_source
+from train.data.tokenizer import load_tokenizer
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Input pipeline settings.
+
+    sources: weighted mixture; default is the embedded Shakespeare corpus.
+    seq_len: T, tokens per row.
+    batch_size: GLOBAL rows per step (split evenly over JAX processes).
+    tokenizer: "byte" or a path to a HF tokenizer.json (or its directory).
+    seed: drives shuffling, MQAR generation and row shuffling.
+    num_epochs: passes over each document source; None = infinite. With a
+        finite count the mixture stops when the first source runs out.
+    shuffle_window: rows buffered for the post-packing window shuffle (1 = off).
+    packing_bins: open rows for first-fit packing of MQAR examples.
+    read_threads, read_prefetch: grain.ReadOptions for reading + tokenizing
+        documents ahead of packing. grain's defaults (16 threads, 500 elements
+        per source) cost ~30x more CPU here for nothing: tokenization holds the
+        GIL, so extra threads only help sources with slow I/O.
+    """
+
+    sources: tuple[SourceConfig, ...] = (SourceConfig(kind="shakespeare"),)
+    seq_len: int = 512
+    batch_size: int = 8
+    tokenizer: str = "byte"
+    seed: int = 0
+    num_epochs: int | None = None
+    shuffle_window: int = 256
+    packing_bins: int = 8
+    read_threads: int = 1
+    read_prefetch: int = 64
+
+    def __post_init__(self):
+        if isinstance(self.sources, SourceConfig):
+            object.__setattr__(self, "sources", (self.sources,))
+        object.__setattr__(self, "sources", tuple(self.sources))
+        if not self.sources:
+            raise ValueError("DataConfig.sources is empty; give at least one SourceConfig")
+        for s in self.sources:
+            if not isinstance(s, SourceConfig):
+                raise TypeError(f"DataConfig.sources entries must be SourceConfig, got {type(s).__name__}")
+        if self.seq_len < 2:
+            raise ValueError(f"DataConfig.seq_len must be >= 2, got {self.seq_len}")
+        if self.batch_size < 1:
+            raise ValueError(f"DataConfig.batch_size must be >= 1, got {self.batch_size}")
+        if self.num_epochs is not None and self.num_epochs < 1:
+            raise ValueError(f"DataConfig.num_epochs must be None (infinite) or >= 1, got {self.num_epochs}")
+        if self.shuffle_window < 1 or self.packing_bins < 1:
+            raise ValueError("DataConfig.shuffle_window and packing_bins must be >= 1")
+        if self.read_threads < 0 or self.read_prefetch < 0:
+            raise ValueError("DataConfig.read_threads and read_prefetch must be >= 0")
+        for s in self.sources:
+            if s.kind == "mqar" and s.mqar.length - 1 > self.seq_len:
+                raise ValueError(
+                    f"MQAR examples need {s.mqar.length - 1} tokens per row (1 + 2*num_pairs + "
+                    f"2*num_queries, minus the shift) but seq_len={self.seq_len}")
+
+
+def _source_seed(seed: int, k: int, salt: int = 0) -> int:
+    # SeedSequence decorrelates neighbouring (seed, k) pairs; grain wants < 2**32.
+    return int(np.random.SeedSequence([seed & 0xFFFFFFFF, k, salt]).generate_state(1)[0])
+
+
+def _read_options(cfg: DataConfig) -> grain.ReadOptions:
+    return grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=cfg.read_prefetch)
+
+
+def _has_text(text: str) -> bool:
+    # Empty documents would only teach "bos -> eos".
+    return bool(text.strip())
+
+
+def _check_mqar(m: MQARConfig, tok) -> None:
+    m.check_vocab(tok.vocab_size, (tok.bos_id, tok.eos_id, tok.pad_id))
+
+
+def _source_rows(cfg: DataConfig, k: int, tok) -> grain.IterDataset:
+    """Packed, finalized, shuffled training rows of source k."""
+    scfg = cfg.sources[k]
+    seed = _source_seed(cfg.seed, k)
+    if scfg.kind == "mqar":
+        _check_mqar(scfg.mqar, tok)
+        # Examples are already i.i.d. functions of (seed, index): no shuffle needed.
+        ds = grain.MapDataset.source(MQARSource(scfg.mqar, seed=seed, bos_id=tok.bos_id))
+        ds = ds.repeat(cfg.num_epochs).map(
+            functools.partial(packing.mqar_lm_example, answer_only_loss=scfg.mqar.answer_only_loss))
+        rows = packing.pack_first_fit(ds.to_iter_dataset(_read_options(cfg)), cfg.seq_len,
+                                      num_bins=cfg.packing_bins, seed=seed)
+    else:
+        docs = open_document_source(scfg, "train")
+        if len(docs) == 0:
+            raise ValueError(f"source {k} ({scfg.kind}, {scfg.paths}) has no training documents")
+        ds = grain.MapDataset.source(docs).shuffle(seed=seed).repeat(cfg.num_epochs)
+        ds = ds.filter(_has_text)
+        ds = ds.map(functools.partial(packing.encode_document, tokenizer=tok))
+        rows = packing.pack_concat_then_split(ds.to_iter_dataset(_read_options(cfg)), cfg.seq_len)
+    rows = rows.map(functools.partial(packing.finalize_row, pad_id=tok.pad_id))
+    if cfg.shuffle_window > 1:
+        rows = grain.experimental.WindowShuffleIterDataset(
+            rows, window_size=cfg.shuffle_window, seed=_source_seed(cfg.seed, k, 1))
+    return rows
+
+
+def _resolve_processes(process_index: int | None, process_count: int | None, batch_size: int) -> tuple[int, int]:
+    pi = jax.process_index() if process_index is None else process_index
+    pc = jax.process_count() if process_count is None else process_count
+    if pc < 1 or not 0 <= pi < pc:
+        raise ValueError(f"need 0 <= process_index < process_count, got {pi}, {pc}")
+    if batch_size % pc:
+        raise ValueError(f"global batch_size={batch_size} is not divisible by process_count={pc}")
+    return pi, pc
+
+
+class _TakeRows:
+    """Slice rows [start, stop) of every array in a batch (this process's share)."""
+
+    def __init__(self, start: int, stop: int):
+        self.start, self.stop = start, stop
+
+    def __call__(self, batch):
+        return {k: v[self.start:self.stop] for k, v in batch.items()}
+
+
+def make_train_dataset(cfg: DataConfig, *, process_index: int | None = None,
+                       process_count: int | None = None, tokenizer=None) -> grain.IterDataset:
+    """The training pipeline as a grain IterDataset of local batches [B_local, T]."""
+    tok = tokenizer if tokenizer is not None else load_tokenizer(cfg.tokenizer)
+    pi, pc = _resolve_processes(process_index, process_count, cfg.batch_size)
+    per_source = [_source_rows(cfg, k, tok) for k in range(len(cfg.sources))]
+    if len(per_source) == 1:
+        rows = per_source[0]
+    else:
+        rows = grain.IterDataset.mix(per_source, [s.weight for s in cfg.sources])
+    batches = rows.batch(cfg.batch_size, drop_remainder=True)
+    if pc > 1:
+        local = cfg.batch_size // pc
+        batches = batches.map(_TakeRows(pi * local, (pi + 1) * local))
+    return batches
+
+
+class TrainIterator(grain.DatasetIterator):
+    """The pipeline's grain iterator, with a state that survives JSON.
+
+    ``get_state()`` returns grain's state dict; ``set_state`` also accepts it
+    after ``json.loads(json.dumps(state))`` (what grain.checkpoint /
+    Orbax store), see ``packing.restore_json_state`` for why that needs care.
+    """
+
+    def __init__(self, inner: grain.DatasetIterator):
+        super().__init__(inner)
+
+    def __next__(self):
+        return next(self._parent)
+
+    def get_state(self) -> dict:
+        return self._parent.get_state()
+
+    def set_state(self, state: dict) -> None:
+        self._parent.set_state(packing.restore_json_state(state))
+
+
+def make_train_iterator(cfg: DataConfig, *, process_index: int | None = None,
+                        process_count: int | None = None, tokenizer=None) -> TrainIterator:
+    """Checkpointable iterator of local training batches (dicts of [B_local, T] arrays).
+
+    process_index/process_count default to jax.process_index()/process_count().
+    Use ``it.get_state()`` / ``it.set_state(state)`` to save and resume; the
+    state is a JSON-serialisable dict (grain.checkpoint.CheckpointSave works).
+    """
+    return TrainIterator(iter(make_train_dataset(cfg, process_index=process_index,
+                                                 process_count=process_count, tokenizer=tokenizer)))
+
+
+def make_eval_batches(cfg: DataConfig, n: int, *, process_index: int | None = None,
+                      process_count: int | None = None, tokenizer=None) -> list[dict[str, np.ndarray]]:
+    """Up to ``n`` fixed held-out LM batches [B_local, T] from the document sources.
+
+    Uses each text-like source's held-out split (``SourceConfig.holdout_fraction``;
+    whole plays for shakespeare), in source order, unshuffled, packed exactly like
+    training. MQAR sources are skipped (see ``make_mqar_eval_batches``). Returns
+    fewer than n batches if the held-out data runs out; raises if it yields none.
+    """
+    if n < 1:
+        raise ValueError(f"make_eval_batches: n must be >= 1, got {n}")
+    tok = tokenizer if tokenizer is not None else load_tokenizer(cfg.tokenizer)
+    pi, pc = _resolve_processes(process_index, process_count, cfg.batch_size)
+    doc_sets = [grain.MapDataset.source(open_document_source(s, "eval"))
+                for s in cfg.sources if s.kind != "mqar"]
+    doc_sets = [d for d in doc_sets if len(d)]
+    if not doc_sets:
+        raise ValueError(
+            "make_eval_batches: no held-out documents; set SourceConfig.holdout_fraction > 0 for "
+            "text/jsonl/parquet sources (shakespeare always holds out plays)")
+    ds = grain.MapDataset.concatenate(doc_sets) if len(doc_sets) > 1 else doc_sets[0]
+    ds = ds.filter(_has_text)
+    ds = ds.map(functools.partial(packing.encode_document, tokenizer=tok))
+    rows = packing.pack_concat_then_split(ds.to_iter_dataset(_read_options(cfg)), cfg.seq_len)
+    rows = rows.map(functools.partial(packing.finalize_row, pad_id=tok.pad_id))
+    batches = rows.batch(cfg.batch_size, drop_remainder=True)
+    local = cfg.batch_size // pc
+    out = []
+    for b in batches:
+        out.append(_TakeRows(pi * local, (pi + 1) * local)(b))
+        if len(out) == n:
+            break
+    if not out:
+        raise ValueError(
+            f"make_eval_batches: held-out data fills fewer than one batch of "
+            f"{cfg.batch_size} x {cfg.seq_len} tokens; raise holdout_fraction or lower batch_size")
+    return out
+
+
+def make_mqar_eval_batches(cfg: DataConfig, n: int, *, mqar: MQARConfig | None = None,
+                           process_index: int | None = None, process_count: int | None = None,
+                           tokenizer=None) -> list[dict[str, np.ndarray]]:
+    """``n`` fixed MQAR eval batches [B_local, T], one example per row (padded).
+
+    One example per row keeps the score independent of how a model handles
+    packed segments. The loss_mask is 1 exactly at answer targets, as
+    ``mqar.mqar_accuracy`` expects. The task shape is ``mqar``, else the first
+    MQAR source of ``cfg``, else ``MQARConfig()``; examples use a seed disjoint
+    from training's.
+    """
+    if n < 1:
+        raise ValueError(f"make_mqar_eval_batches: n must be >= 1, got {n}")
+    if mqar is None:
+        mqar = next((s.mqar for s in cfg.sources if s.kind == "mqar"), None) or MQARConfig()
+    if mqar.length - 1 > cfg.seq_len:
+        raise ValueError(f"MQAR examples need {mqar.length - 1} tokens per row but seq_len={cfg.seq_len}")
+    tok = tokenizer if tokenizer is not None else load_tokenizer(cfg.tokenizer)
+    _check_mqar(mqar, tok)
+    pi, pc = _resolve_processes(process_index, process_count, cfg.batch_size)
+    src = MQARSource(mqar, seed=_source_seed(cfg.seed, 0, salt=2), bos_id=tok.bos_id,
+                     num_examples=n * cfg.batch_size)
+    ds = grain.MapDataset.source(src).map(
+        functools.partial(packing.mqar_lm_example, answer_only_loss=True))
+    rows = packing.pack_first_fit(ds.to_iter_dataset(_read_options(cfg)), cfg.seq_len,
+                                  num_bins=1, seed=0, max_sequences_per_bin=1)
+    rows = rows.map(functools.partial(packing.finalize_row, pad_id=tok.pad_id))
+    batches = list(rows.batch(cfg.batch_size, drop_remainder=True))
+    local = cfg.batch_size // pc
+    return [_TakeRows(pi * local, (pi + 1) * local)(b) for b in batches[:n]]
