@@ -25,7 +25,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("mlp", "tensor"),
     ("heads", "tensor"),       # flattened query heads x head_dim / JetBlock key or value dim
     ("kv_heads", "tensor"),    # flattened KV heads x head_dim
-    ("conv_taps", "tensor"),   # dynamic-conv generator output (value dim x conv taps)
+    ("conv_taps", ("tensor", "fsdp")),  # generator output (value dim x taps); no embed dim to fsdp-shard
     ("generator", None),       # dynamic-conv generator bottleneck
     ("head_scalars", None),    # per-head scalars (A_log, dt_bias, beta/decay projections)
     ("norm", None),

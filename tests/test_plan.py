@@ -1,0 +1,191 @@
+"""`jet-jax plan` (memory plan from abstract shapes) and train.distributed (mesh, start-up)."""
+
+import os
+import time
+
+import jax
+import pytest
+
+from configs.presets import JET_NEMOTRON_2B, QWEN2_5_1_5B, TINY_JET, TINY_QWEN2
+from jet_jax.config import ModelConfig, count_params
+from train.distributed import (initialize_distributed, mesh_from_config, parse_mesh,
+                               resolve_mesh_shape)
+from train.plan import activation_bytes, layer_activation_bytes, plan_memory
+
+
+def unsharded_count(cfg: ModelConfig) -> int:
+    """Parameters with no hidden-size (`embed`) dim, from the config alone: the norms, the
+    attention biases, and the JetBlock's per-head scalars, generator w2 and o_norm. Every other
+    parameter is a matrix with a hidden dim, which the rules split over `fsdp`."""
+    d, j = cfg.hidden_size, cfg.jet
+    n = d  # final norm
+    for t in cfg.layer_types:
+        n += 2 * d
+        if t in ("attn", "swa"):
+            n += (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim
+        else:
+            n += 2 * j.num_heads + j.generator_dim * j.value_dim * j.conv_size \
+                + j.value_dim * j.conv_size + j.head_v_dim
+    return n
+
+
+def frozen_count(cfg: ModelConfig) -> int:
+    """Embeddings, MLPs, decoder norms and the final norm (tied head)."""
+    d, f = cfg.hidden_size, cfg.intermediate_size
+    return cfg.vocab_size * d + cfg.num_hidden_layers * (3 * d * f + 2 * d) + d
+
+
+def test_tiny_single_device_matches_count_params():
+    p = plan_memory(TINY_JET, (1, 1, 1), batch_per_device=2, seq_len=16, param_dtype="f32",
+                    teacher="auto", teacher_dtype="bf16")
+    total = count_params(TINY_JET)
+    assert p["params_total"] == total
+    assert p["bytes"]["params"] == total * 4
+    assert p["bytes"]["grads"] == total * 4
+    assert p["bytes"]["optimizer"] == 2 * 4 * total + 4
+    teacher = TINY_JET.replace(layer_types=("attn",) * 4)
+    assert p["bytes"]["teacher params"] == count_params(teacher) * 2
+    assert p["bytes"]["logits"] == 2 * 4 * TINY_JET.vocab_size * 2 * 16 * 2
+    assert p["replicated_params"] == []
+
+
+@pytest.mark.parametrize("cfg", [TINY_JET, TINY_QWEN2], ids=["tiny-jet", "tiny-qwen2"])
+def test_tiny_fsdp_sharding_against_arithmetic(cfg):
+    fsdp = 8
+    p = plan_memory(cfg, (1, fsdp, 1), param_dtype="bf16", teacher="none", frozen_mlp=True)
+    total, rest = count_params(cfg), unsharded_count(cfg)
+    assert (total - rest) % fsdp == 0
+    assert p["bytes"]["params"] == ((total - rest) // fsdp + rest) * 2
+    assert p["replicated_params_bytes"] <= rest * 2
+    assert p["bytes"]["teacher params"] == 0
+    # frozen: embeddings, MLPs, decoder norms, final norm -> no grads / moments for them
+    trainable = total - frozen_count(cfg)
+    assert p["params_trainable"] == trainable
+    # every trainable matrix has a hidden dim except the unsharded leftovers minus the norms
+    norms = cfg.hidden_size * (2 * cfg.num_hidden_layers + 1)
+    t_rest = rest - norms
+    assert p["bytes"]["grads"] == ((trainable - t_rest) // fsdp + t_rest) * 2
+    assert p["bytes"]["optimizer"] == 2 * 4 * ((trainable - t_rest) // fsdp + t_rest) + 4
+
+
+def test_tensor_axis_and_activation_formula():
+    cfg = TINY_JET
+    p1 = plan_memory(cfg, "1,1,1", batch_per_device=1, seq_len=64, teacher="none")
+    p4 = plan_memory(cfg, "1,1,4", batch_per_device=1, seq_len=64, teacher="none")
+    assert p4["bytes"]["params"] < p1["bytes"]["params"]
+    assert p4["bytes"]["logits"] == p1["bytes"]["logits"] // 4  # vocab split over tensor
+    # jet layers are linear in tokens, attention layers quadratic in the sequence
+    jet = [layer_activation_bytes(cfg, "jet", 1, t, 2) for t in (64, 128)]
+    att = [layer_activation_bytes(cfg, "attn", 1, t, 2) for t in (1024, 2048)]
+    assert jet[1] == 2 * jet[0]
+    assert att[1] > 3 * att[0]
+    assert layer_activation_bytes(cfg, "swa", 2, 64, 2) == layer_activation_bytes(cfg, "attn", 2, 64, 2)
+    # remat keeps only layer inputs + one layer
+    full = activation_bytes(cfg, 2, 64, 2, 1, remat=False)
+    rem = activation_bytes(cfg, 2, 64, 2, 1, remat=True)
+    d = cfg.hidden_size
+    assert rem["total"] == 4 * d * 2 * 128 + full["max_layer"] + 2 * d * 2 * 128
+    assert full["total"] == sum(layer_activation_bytes(cfg, t, 2, 64, 2) for t in cfg.layer_types) \
+        + 2 * d * 2 * 128
+    # hand check of one attention layer: common + projections + scores
+    b, t, hq, kv, hd, f = 2, 64, 4, 2, 16, cfg.intermediate_size
+    want = (4 * d + 4 * f) * 2 * b * t + (2 * hq * hd + 3 * kv * hd + hq * hd) * 2 * b * t \
+        + b * t * t * (hq * 6 + 1)
+    assert layer_activation_bytes(cfg, "attn", b, t, 2) == want
+
+
+def test_2b_on_256_chip_fsdp_from_abstract_shapes():
+    t0 = time.perf_counter()
+    p = plan_memory("jet-nemotron-2b", "1,256,1", batch_per_device=1, seq_len=4096,
+                    frozen_mlp=True)
+    assert time.perf_counter() - t0 < 20
+    total, rest = count_params(JET_NEMOTRON_2B), unsharded_count(JET_NEMOTRON_2B)
+    assert p["params_total"] == total
+    assert p["bytes"]["params"] == ((total - rest) // 256 + rest) * 4
+    assert p["teacher_params_total"] == count_params(QWEN2_5_1_5B)
+    # Qwen2.5-1.5B: only norms and q/k/v biases are not split over fsdp
+    q_rest = unsharded_count(QWEN2_5_1_5B)
+    assert p["bytes"]["teacher params"] == ((count_params(QWEN2_5_1_5B) - q_rest) // 256 + q_rest) * 2
+    assert p["bytes"]["total"] == sum(v for k, v in p["bytes"].items() if k != "total")
+
+
+def test_cli_prints_table_and_rejects_bad_input(capsys, tmp_path):
+    from jet_jax.cli import main
+    assert main(["plan", "--model", "tiny-jet", "--mesh", "1,8,1", "--seq-len", "32"]) == 0
+    out = capsys.readouterr().out
+    assert "total" in out and "activations" in out and "optimizer" in out
+    cfg_path = tmp_path / "config.json"
+    TINY_QWEN2.save_json(cfg_path)
+    assert main(["plan", "--model", str(cfg_path), "--mesh", "1,2,1", "--json"]) == 0
+    assert '"params_total": %d' % count_params(TINY_QWEN2) in capsys.readouterr().out
+    assert main(["plan", "--model", "no-such-model", "--mesh", "1,8,1"]) == 2
+    assert "neither a preset" in capsys.readouterr().err
+    assert main(["plan", "--model", "tiny-jet", "--mesh", "1,x,1"]) == 2
+    assert "comma-separated" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- distributed
+def test_mesh_from_config_validates_device_count():
+    n = jax.device_count()
+    assert n == 8  # tests/conftest.py: 8 fake CPU devices
+    m = mesh_from_config((2, -1, 1))
+    assert dict(m.shape) == {"data": 2, "fsdp": 4, "tensor": 1}
+    assert mesh_from_config("1,8,1").devices.size == 8
+    with pytest.raises(ValueError, match=r"needs 256 devices but 8 are available"):
+        mesh_from_config((1, 256, 1))
+    with pytest.raises(ValueError, match="at most one axis may be -1"):
+        resolve_mesh_shape((-1, -1, 1), 8)
+    with pytest.raises(ValueError, match="not divisible"):
+        resolve_mesh_shape((3, -1, 1), 8)
+    with pytest.raises(ValueError, match="has 2 axes"):
+        mesh_from_config((2, 4))
+    assert parse_mesh("1,256,1") == (1, 256, 1)
+
+
+def test_initialize_distributed_single_process_is_noop(monkeypatch):
+    for var in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_NTASKS",
+                "SLURM_NPROCS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES",
+                "MEGASCALE_COORDINATOR_ADDRESS"):
+        monkeypatch.delenv(var, raising=False)
+    info = initialize_distributed()
+    assert info["how"] in ("single-process", "already")
+    assert info["process_count"] == 1 and info["device_count"] == 8
+    with pytest.raises(ValueError, match=r"process_id 5 is outside \[0, 2\)"):
+        initialize_distributed("localhost:1", num_processes=2, process_id=5)
+
+
+TWO_PROCESS = """
+import os, sys, json
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+os.environ["JAX_PLATFORMS"] = "cpu"
+from train.distributed import initialize_distributed, mesh_from_config
+info = initialize_distributed(sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
+mesh = mesh_from_config((1, -1, 1))
+print(json.dumps({**info, "mesh": dict(mesh.shape)}))
+"""
+
+
+def test_two_processes_on_cpu(tmp_path):
+    """Real `jax.distributed` start-up: 2 processes x 2 CPU devices -> a 4-device mesh."""
+    import json
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
+    procs = [subprocess.Popen([sys.executable, "-c", TWO_PROCESS, f"localhost:{port}", str(i)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (o, e) in zip(procs, outs):
+        assert p.returncode == 0, e[-2000:]
+    infos = [json.loads(o.strip().splitlines()[-1]) for o, _ in outs]
+    assert sorted(i["process_index"] for i in infos) == [0, 1]
+    for i in infos:
+        assert i["how"] == "explicit" and i["process_count"] == 2
+        assert i["device_count"] == 4 and i["local_device_count"] == 2
+        assert i["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}

@@ -1,0 +1,386 @@
+"""`jet-jax plan`: per-device memory of a distillation run, from abstract shapes only.
+
+    jet-jax plan --model jet-nemotron-2b --mesh 1,256,1 [--batch-per-device 1 --seq-len 4096
+                 --param-dtype f32 --dtype bf16 --opt adamw --remat --frozen-mlp --teacher auto]
+
+Nothing is allocated: the model is built with `nnx.eval_shape` (`jet_jax.convert.abstract_model`)
+and every parameter's per-device shard comes from its logical axis names through the same
+rules table training uses (`jet_jax.sharding.state_shardings`) on a `jax.sharding.AbstractMesh`
+of the requested shape (no devices needed; an arithmetic fallback applies the same rules
+when AbstractMesh is unavailable).
+
+Rows (bytes per device):
+
+* params      sum over parameters of prod(shard shape) * param bytes.
+* grads       the same over TRAINABLE parameters only (the train step differentiates w.r.t. the
+              trainable ones), in the param dtype.
+* optimizer   AdamW: two float32 moments per trainable element (+ a step counter); SGD: none.
+              With --grad-accum > 1, plus an accumulator of every parameter (optax.MultiSteps).
+* teacher     the teacher's parameters (default: the same config with every layer `attn`, i.e.
+              the Qwen2.5 it was derived from) in --teacher-dtype, sharded by the same rules.
+* activations saved for the backward pass, N = batch_per_device * seq_len tokens per device,
+              a = activation (compute dtype) bytes, tp = size of the `tensor` axis:
+                every layer:  (4*D + 4*F/tp) * a * N         residual, 2 norms, SwiGLU gate/up/act/product
+                attn / swa:   (2*Hq*hd + 3*KV*hd + Hq*hd)/tp * a * N       q,k,v, roped q,k, context
+                              + B*T*T*(Hq/tp*(4 + a) + 1)                  softmax probs f32 + cast + mask
+                              (this implementation materialises the [B,H,T,T] scores and masks the
+                               window, so an `swa` layer costs the same as `attn`)
+                jet:          ((6*K + 6*V + V*W)/tp + 2*V/r) * a * N       q,k (pre/post silu, l2-normed),
+                              v0, conv out (pre/post silu), gate, o, norm out, dynamic-conv kernels,
+                              generator hidden
+                              + (H*dk*dv/64 + 64*H)/tp * 4 * N             chunked delta rule (chunk 64):
+                              per-chunk f32 states and intra-chunk matrices
+              without --remat: the sum over layers; with --remat (per-layer `nnx.remat`): the layer
+              inputs D*a*N per layer plus the largest single layer (recomputed in the backward).
+* logits      float32 logits of the student (+ their log-softmax for the loss): 2*4*vocab/tp*N;
+              with a teacher, its logits and probabilities: another 2*4*vocab/tp*N.
+* teacher fwd transient: the teacher's largest layer (forward only, nothing kept).
+
+These are estimates (XLA fuses and rematerialises on its own; expect the real peak within
+roughly +-30% for activations); parameter, gradient and optimizer bytes are exact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from jet_jax.config import ModelConfig
+from jet_jax.sharding import LOGICAL_AXIS_RULES, MESH_AXES, logical_to_mesh_spec
+
+DTYPES = {"f32": jnp.float32, "float32": jnp.float32, "bf16": jnp.bfloat16,
+          "bfloat16": jnp.bfloat16, "f16": jnp.float16, "float16": jnp.float16}
+
+# What --frozen-mlp freezes: the PostNAS stage's frozen set (token embeddings / untied head,
+# the MLPs, the decoder RMSNorms and the final norm); mirrors train.config.OptimizerSection.
+FROZEN_PATTERNS = (r"^model/embed_tokens/", r"/mlp/", r"/input_layernorm/",
+                   r"/post_attention_layernorm/", r"^model/norm/", r"^lm_head/")
+
+GDR_CHUNK = 64
+
+
+# --------------------------------------------------------------------------- config / shapes
+def load_config(model: str | ModelConfig) -> ModelConfig:
+    """A preset name from configs/presets.py, an HF config.json path, or a directory with one."""
+    if isinstance(model, ModelConfig):
+        return model
+    from configs.presets import PRESETS
+    if model in PRESETS:
+        return PRESETS[model]
+    path = model
+    if os.path.isdir(path):
+        path = os.path.join(path, "config.json")
+    if os.path.isfile(path):
+        return ModelConfig.from_json_file(path)
+    raise ValueError(f"--model {model!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor "
+                     "an HF config.json (or a directory holding one)")
+
+
+def _dtype(name) -> Any:
+    if not isinstance(name, str):
+        return jnp.dtype(name)
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; use one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+def _abstract_mesh(shape: Sequence[int], axis_names: Sequence[str]):
+    try:
+        from jax.sharding import AbstractMesh
+        try:
+            return AbstractMesh(tuple(shape), tuple(axis_names))
+        except TypeError:  # older signature: ((name, size), ...)
+            return AbstractMesh(tuple(zip(axis_names, shape)))
+    except Exception:  # noqa: BLE001
+        return None
+
+
+class _ShapeOnlyMesh:
+    def __init__(self, shape, names):
+        self.shape = dict(zip(names, shape))
+
+
+def _specs(state, shape, axis_names) -> dict[str, tuple]:
+    """{flat param name: per-dim mesh axes tuple} using the training rules."""
+    from flax import nnx
+    mesh = _abstract_mesh(shape, axis_names)
+    flat = {"/".join(str(p) for p in path): var for path, var in nnx.to_flat_state(state)}
+    out: dict[str, tuple] = {}
+    if mesh is not None:
+        from jet_jax.sharding import state_shardings
+        shardings = state_shardings(state, mesh)
+        flat_sh = {"/".join(str(p) for p in path): s
+                   for path, s in nnx.to_flat_state(shardings)}
+        for name in flat:
+            s = flat_sh[name]
+            s = s.value if isinstance(s, nnx.Variable) else s
+            out[name] = tuple(s.spec)
+        return out
+    # Arithmetic fallback: the same rules without a mesh object.
+    fake = _ShapeOnlyMesh(shape, axis_names)
+    for name, var in flat.items():
+        names = var.get_metadata().get("out_sharding")
+        spec = tuple(logical_to_mesh_spec(names, LOGICAL_AXIS_RULES, fake))
+        dims = tuple(var.value.shape)
+        fixed = []
+        for dim, axes in zip(dims, spec + (None,) * (len(dims) - len(spec))):
+            ax = (axes,) if isinstance(axes, str) else tuple(axes or ())
+            size = math.prod(fake.shape[a] for a in ax)
+            fixed.append(axes if ax and dim % size == 0 else None)
+        out[name] = tuple(fixed)
+    return out
+
+
+def shard_shape(shape: Sequence[int], spec: Sequence, mesh_sizes: dict[str, int]) -> tuple:
+    out = []
+    for i, dim in enumerate(shape):
+        axes = spec[i] if i < len(spec) else None
+        ax = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        div = math.prod(mesh_sizes[a] for a in ax)
+        out.append(-(-dim // div))
+    return tuple(out)
+
+
+def param_table(cfg: ModelConfig, mesh_shape: Sequence[int], param_dtype,
+                axis_names: Sequence[str] = MESH_AXES) -> list[dict]:
+    """One row per parameter: name, global shape, per-device shard shape, element counts."""
+    from flax import nnx
+
+    from jet_jax.convert.hf import abstract_model
+    abstract = abstract_model(cfg, param_dtype=param_dtype)
+    state = nnx.state(abstract, nnx.Param)
+    specs = _specs(state, mesh_shape, axis_names)
+    sizes = dict(zip(axis_names, mesh_shape))
+    rows = []
+    for path, var in nnx.to_flat_state(state):
+        name = "/".join(str(p) for p in path)
+        shape = tuple(var.value.shape)
+        local = shard_shape(shape, specs[name], sizes)
+        rows.append({"name": name, "shape": shape, "spec": specs[name], "shard_shape": local,
+                     "elements": math.prod(shape), "shard_elements": math.prod(local),
+                     "dtype": str(var.value.dtype)})
+    return rows
+
+
+def is_frozen(name: str, patterns: Sequence[str] = FROZEN_PATTERNS) -> bool:
+    import re
+    return any(re.search(p, name) for p in patterns)
+
+
+# --------------------------------------------------------------------------- activations
+def layer_activation_bytes(cfg: ModelConfig, layer_type: str, batch: int, seq: int,
+                           act_bytes: int, tp: int = 1) -> int:
+    """Bytes one decoder layer saves for its backward pass (see the module docstring)."""
+    n = batch * seq
+    d, f = cfg.hidden_size, cfg.intermediate_size
+    common = (4 * d + 4 * f / tp) * act_bytes * n
+    if layer_type in ("attn", "swa"):
+        hq, kv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        proj = (2 * hq * hd + 3 * kv * hd + hq * hd) / tp * act_bytes * n
+        scores = batch * seq * seq * (hq / tp * (4 + act_bytes) + 1)
+        return int(common + proj + scores)
+    if layer_type == "jet":
+        j = cfg.jet
+        k, v, w, g = j.key_dim, j.value_dim, j.conv_size, j.generator_dim
+        dense = ((6 * k + 6 * v + v * w) / tp + 2 * g) * act_bytes * n
+        gdr = (j.num_heads * j.head_dim * j.head_v_dim / GDR_CHUNK
+               + GDR_CHUNK * j.num_heads) / tp * 4 * n
+        return int(common + dense + gdr)
+    # PostNAS zoo blocks: approximate as a jet-sized linear-attention block
+    return layer_activation_bytes(cfg, "jet", batch, seq, act_bytes, tp)
+
+
+def activation_bytes(cfg: ModelConfig, batch: int, seq: int, act_bytes: int, tp: int,
+                     remat: bool) -> dict[str, int]:
+    per_layer = [layer_activation_bytes(cfg, t, batch, seq, act_bytes, tp) for t in cfg.layer_types]
+    io = 2 * cfg.hidden_size * act_bytes * batch * seq  # embeddings out, final norm
+    if remat:
+        kept = cfg.num_hidden_layers * cfg.hidden_size * act_bytes * batch * seq
+        total = kept + max(per_layer) + io
+    else:
+        total = sum(per_layer) + io
+    by_type: dict[str, int] = {}
+    for t, b in zip(cfg.layer_types, per_layer):
+        by_type[t] = b
+    return {"total": int(total), "per_layer_by_type": by_type, "max_layer": max(per_layer)}
+
+
+# --------------------------------------------------------------------------- the plan
+def plan_memory(model: str | ModelConfig, mesh: Sequence[int] | str, *, batch_per_device: int = 1,
+                seq_len: int = 4096, param_dtype="f32", dtype="bf16", opt: str = "adamw",
+                remat: bool = False, frozen_mlp: bool = False,
+                teacher: str | ModelConfig | None = "auto", teacher_dtype="bf16",
+                grad_accum: int = 1, axis_names: Sequence[str] = MESH_AXES) -> dict:
+    """Per-device memory plan (bytes) from abstract shapes; see the module docstring."""
+    from train.distributed import parse_mesh
+    t0 = time.perf_counter()
+    cfg = load_config(model)
+    mesh_shape = parse_mesh(mesh)
+    if len(mesh_shape) != len(axis_names) or any(s < 1 for s in mesh_shape):
+        raise ValueError(f"mesh {mesh_shape} must have {len(axis_names)} positive sizes "
+                         f"({', '.join(axis_names)})")
+    if batch_per_device < 1 or seq_len < 1 or grad_accum < 1:
+        raise ValueError("batch_per_device, seq_len and grad_accum must be >= 1")
+    if opt not in ("adamw", "sgd"):
+        raise ValueError(f"--opt {opt!r}: supported optimizers are adamw and sgd")
+    pdt, adt, tdt = _dtype(param_dtype), _dtype(dtype), _dtype(teacher_dtype)
+    pbytes, abytes, tbytes = jnp.dtype(pdt).itemsize, jnp.dtype(adt).itemsize, jnp.dtype(tdt).itemsize
+    sizes = dict(zip(axis_names, mesh_shape))
+    tp = sizes.get("tensor", 1)
+
+    rows = param_table(cfg, mesh_shape, pdt, axis_names)
+    total_params = sum(r["elements"] for r in rows)
+    local = sum(r["shard_elements"] for r in rows)
+    trainable_rows = [r for r in rows if not (frozen_mlp and is_frozen(r["name"]))]
+    local_trainable = sum(r["shard_elements"] for r in trainable_rows)
+
+    out: dict[str, Any] = {
+        "model": cfg.describe(), "mesh": dict(sizes), "devices": math.prod(mesh_shape),
+        "params_total": total_params,
+        "params_trainable": sum(r["elements"] for r in trainable_rows),
+        "batch_per_device": batch_per_device, "seq_len": seq_len,
+        "global_batch": batch_per_device * sizes.get("data", 1) * sizes.get("fsdp", 1),
+        "param_dtype": jnp.dtype(pdt).name, "dtype": jnp.dtype(adt).name,
+        "remat": remat, "frozen_mlp": frozen_mlp, "opt": opt,
+    }
+    mem: dict[str, int] = {}
+    mem["params"] = local * pbytes
+    mem["grads"] = local_trainable * pbytes
+    mem["optimizer"] = (2 * 4 * local_trainable + 4) if opt == "adamw" else 0
+    if grad_accum > 1:
+        mem["optimizer"] += local * pbytes  # optax.MultiSteps accumulator
+
+    tcfg = None
+    if isinstance(teacher, ModelConfig):
+        tcfg = teacher
+    elif teacher == "auto":
+        tcfg = None if cfg.is_qwen2 else cfg.replace(layer_types=("attn",) * cfg.num_hidden_layers)
+    elif teacher not in (None, "none", ""):
+        tcfg = load_config(teacher)
+    if tcfg is not None:
+        trows = param_table(tcfg, mesh_shape, tdt, axis_names)
+        mem["teacher params"] = sum(r["shard_elements"] for r in trows) * tbytes
+        out["teacher"] = tcfg.describe()
+        out["teacher_params_total"] = sum(r["elements"] for r in trows)
+    else:
+        mem["teacher params"] = 0
+        out["teacher"] = None
+
+    acts = activation_bytes(cfg, batch_per_device, seq_len, abytes, tp, remat)
+    mem["activations"] = acts["total"]
+    n = batch_per_device * seq_len
+    vocab_local = -(-cfg.vocab_size // tp)
+    mem["logits"] = 2 * 4 * vocab_local * n * (2 if tcfg is not None else 1)
+    mem["teacher fwd (transient)"] = (
+        layer_activation_bytes(tcfg, "attn", batch_per_device, seq_len, abytes, tp)
+        if tcfg is not None else 0)
+    mem["total"] = sum(mem.values())
+    out["bytes"] = mem
+    out["activations_per_layer"] = acts["per_layer_by_type"]
+    out["param_rows"] = rows
+    # parameters that stay whole on every device although the mesh has > 1 device
+    if math.prod(mesh_shape) > 1:
+        whole = [r for r in rows if r["shard_elements"] == r["elements"] and r["elements"] > 1]
+        out["replicated_params_bytes"] = sum(r["elements"] for r in whole) * pbytes
+        big = sorted(whole, key=lambda r: -r["elements"])
+        groups: dict[str, list] = {}
+        for r in big:
+            key = ".".join(p for p in r["name"].split("/") if not p.isdigit())
+            groups.setdefault(key, []).append(r)
+        out["replicated_params"] = [
+            {"name": k, "count": len(v), "shape": v[0]["shape"],
+             "bytes": sum(r["elements"] for r in v) * pbytes}
+            for k, v in sorted(groups.items(), key=lambda kv: -sum(r["elements"] for r in kv[1]))]
+    else:
+        out["replicated_params_bytes"], out["replicated_params"] = 0, []
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def _gib(b: int) -> str:
+    return f"{b / 2**30:,.3f}"
+
+
+def render(plan: dict, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    console = console or Console()
+    mesh = ",".join(f"{k}={v}" for k, v in plan["mesh"].items())
+    title = (f"{plan['model']}\nmesh {mesh} ({plan['devices']} devices), batch/device "
+             f"{plan['batch_per_device']} x seq {plan['seq_len']} (global batch "
+             f"{plan['global_batch']}), params {plan['param_dtype']}, compute {plan['dtype']}, "
+             f"opt {plan['opt']}, remat {'on' if plan['remat'] else 'off'}, "
+             f"frozen MLP/emb {'yes' if plan['frozen_mlp'] else 'no'}")
+    table = Table(title=title, title_justify="left")
+    table.add_column("per device")
+    table.add_column("GiB", justify="right")
+    table.add_column("notes")
+    notes = {
+        "params": f"{plan['params_total'] / 1e9:.3f} B params, sharded by the logical-axis rules",
+        "grads": f"{plan['params_trainable'] / 1e9:.3f} B trainable",
+        "optimizer": "AdamW: 2 f32 moments of the trainable params" if plan["opt"] == "adamw"
+        else "SGD: no state",
+        "teacher params": (f"{plan.get('teacher_params_total', 0) / 1e9:.3f} B "
+                           f"({plan['teacher']})" if plan["teacher"] else "no teacher"),
+        "activations": ("remat: layer inputs + 1 layer" if plan["remat"]
+                        else "all layers kept for backward") + "; estimate",
+        "logits": "f32 logits + log-softmax (student, teacher)",
+        "teacher fwd (transient)": "largest teacher layer, forward only",
+        "total": "",
+    }
+    for k, v in plan["bytes"].items():
+        style = "bold" if k == "total" else None
+        table.add_row(k, _gib(v), notes.get(k, ""), style=style)
+    console.print(table)
+    big = [r for r in plan.get("replicated_params", []) if r["bytes"] >= 2**20][:4]
+    if big:
+        console.print("not sharded on this mesh (whole on every device): " + "; ".join(
+            f"{r['name']} {r['shape']} x{r['count']} = {_gib(r['bytes'])} GiB" for r in big))
+    console.print(f"(planned from abstract shapes in {plan['seconds']:.1f} s; no weights allocated)")
+
+
+# --------------------------------------------------------------------------- CLI
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True,
+                        help="preset name (configs/presets.py) or HF config.json path")
+    parser.add_argument("--mesh", required=True, help="data,fsdp,tensor sizes, e.g. 1,256,1")
+    parser.add_argument("--batch-per-device", type=int, default=1)
+    parser.add_argument("--seq-len", type=int, default=4096)
+    parser.add_argument("--param-dtype", default="f32", choices=sorted(DTYPES))
+    parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES),
+                        help="compute / activation dtype")
+    parser.add_argument("--opt", default="adamw", choices=("adamw", "sgd"))
+    parser.add_argument("--remat", action="store_true", help="per-layer rematerialisation")
+    parser.add_argument("--frozen-mlp", action="store_true",
+                        help="freeze MLPs, embeddings and decoder norms (PostNAS stage)")
+    parser.add_argument("--teacher", default="auto",
+                        help="'auto' (all-attention version of --model), 'none', a preset or a "
+                             "config.json")
+    parser.add_argument("--teacher-dtype", default="bf16", choices=sorted(DTYPES))
+    parser.add_argument("--grad-accum", type=int, default=1)
+    parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        plan = plan_memory(args.model, args.mesh, batch_per_device=args.batch_per_device,
+                           seq_len=args.seq_len, param_dtype=args.param_dtype, dtype=args.dtype,
+                           opt=args.opt, remat=args.remat, frozen_mlp=args.frozen_mlp,
+                           teacher=args.teacher, teacher_dtype=args.teacher_dtype,
+                           grad_accum=args.grad_accum)
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        import sys
+        print(f"jet-jax plan: error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({k: v for k, v in plan.items() if k != "param_rows"}, indent=2))
+    else:
+        render(plan)
+    return 0
