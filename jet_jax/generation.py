@@ -90,12 +90,7 @@ def forward_last(model, ids, segment_ids, positions, cache):
     Same computation as `model(..., cache=cache)` but the LM head is applied to one position,
     so a long prefill never materialises [B, T, vocab] logits.
     """
-    h = model.model.embed_tokens(ids)
-    new_cache = []
-    for layer, layer_cache in zip(model.model.layers, cache):
-        h, c = layer(h, positions=positions, segment_ids=segment_ids, cache=layer_cache)
-        new_cache.append(c)
-    logits = model.logits_from_hidden(model.model.norm(h[:, -1:]))
+    logits, new_cache = model(ids, segment_ids, positions, cache=cache, last_only=True)
     return logits[:, 0], new_cache
 
 

@@ -66,12 +66,13 @@ class JetNemotronForCausalLM(nnx.Module):
 
     def __call__(self, input_ids: jax.Array, segment_ids: jax.Array | None = None,
                  positions: jax.Array | None = None, *, cache: list[dict] | None = None,
-                 return_hidden_states: bool = False):
+                 return_hidden_states: bool = False, last_only: bool = False):
         """input_ids: [B, T] int.
 
         Returns logits [B, T, V]; with `cache`, (logits, new_cache); with
         `return_hidden_states`, (logits, [h_0 .. h_L] each [B, T, D], the embeddings then the
-        output of every layer).
+        output of every layer). `last_only`: logits of the last position only, [B, 1, V], so a
+        long prefill never materialises [B, T, V].
         """
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be [batch, time], got shape {input_ids.shape}")
@@ -98,7 +99,7 @@ class JetNemotronForCausalLM(nnx.Module):
             new_cache.append(c)
             if return_hidden_states:
                 hidden.append(h)
-        logits = self.logits_from_hidden(self.model.norm(h))
+        logits = self.logits_from_hidden(self.model.norm(h[:, -1:] if last_only else h))
         if cache is not None:
             return logits, new_cache
         if return_hidden_states:

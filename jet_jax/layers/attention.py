@@ -91,14 +91,19 @@ class Attention(nnx.Module):
             new_index = jnp.broadcast_to(new_index, (b, t))
             if segment_ids is not None:
                 new_index = jnp.where(segment_ids != 0, new_index, -1)
-            keys = jnp.concatenate([cache["k"], k.astype(cache["k"].dtype)], axis=1)
-            values = jnp.concatenate([cache["v"], v.astype(cache["v"].dtype)], axis=1)
-            key_index = jnp.concatenate([cache["slot_index"], new_index], axis=1)
+            new_cache = self._write_cache(cache, k, v, new_index, start)
+            if self.window is None or t == 1:
+                # Writing first never evicts a key a query of this call still sees, and it
+                # avoids copying the whole buffer every decode step.
+                keys, values, key_index = new_cache["k"], new_cache["v"], new_cache["slot_index"]
+            else:  # a multi-token ring-buffer write may evict keys earlier queries need
+                keys = jnp.concatenate([cache["k"], k.astype(cache["k"].dtype)], axis=1)
+                values = jnp.concatenate([cache["v"], v.astype(cache["v"].dtype)], axis=1)
+                key_index = jnp.concatenate([cache["slot_index"], new_index], axis=1)
             q_index = start + jnp.arange(t, dtype=jnp.int32)
             mask = (key_index[:, None, :] >= 0) & (key_index[:, None, :] <= q_index[None, :, None])
             if self.window is not None:
                 mask &= (q_index[None, :, None] - key_index[:, None, :]) < self.window
-            new_cache = self._write_cache(cache, k, v, new_index, start)
         out = attention_scores_softmax(q, keys.astype(q.dtype), values.astype(q.dtype), mask,
                                        self.head_dim ** -0.5)
         return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim)), new_cache
