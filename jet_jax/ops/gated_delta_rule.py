@@ -1,0 +1,309 @@
+"""Gated delta rule (Gated DeltaNet / JetBlock token mixer).
+
+Per head, with a float32 state S: [Dk, Dv]:
+
+    S   <- exp(g_t) * S                      (S <- 0 instead at a document start)
+    u_t  = beta_t * (v_t - S^T k_t)
+    S   <- S + k_t u_t^T
+    o_t  = S^T (scale * q_t)
+
+`implementation="recurrent"` is the reference (a lax.scan over tokens, sharing its
+step with `gated_delta_rule_step`); "chunked" is the chunkwise-parallel WY/UT form
+(chunk 64) tested against it and against outside oracles; "pallas" defers to
+`pallas_kernels.gdr`; "auto" picks pallas on GPU/TPU when importable, else chunked.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["gated_delta_rule", "gated_delta_rule_step", "CHUNK_SIZE"]
+
+CHUNK_SIZE = 64
+_L2_EPS = 1e-6  # same eps as FLA's l2norm
+_IMPLEMENTATIONS = ("auto", "recurrent", "chunked", "pallas")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _l2norm(x):
+    """x / sqrt(sum(x^2) + eps) over the last axis (FLA's l2norm), float32."""
+    return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + _L2_EPS)
+
+
+def _prep_qk(q, k, scale, use_qk_l2norm):
+    """Float32 q (normalised, then scaled) and k (normalised)."""
+    q = q.astype(jnp.float32)
+    k = k.astype(jnp.float32)
+    if use_qk_l2norm:
+        q, k = _l2norm(q), _l2norm(k)
+    return q * scale, k
+
+
+def _doc_index(segment_ids):
+    """segment_ids: [B, T] int -> doc: [B, T] int32, 0-based running document number.
+
+    A new document starts wherever the id changes, so ids may repeat non-adjacently.
+    """
+    change = (segment_ids[:, 1:] != segment_ids[:, :-1]).astype(jnp.int32)
+    return jnp.concatenate([jnp.zeros_like(change[:, :1]), jnp.cumsum(change, axis=1)], axis=1)
+
+
+def _is_float(x):
+    return jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)
+
+
+def _validate(q, k, v, g, beta, initial_state, segment_ids):
+    names = dict(q=q, k=k, v=v, g=g, beta=beta)
+    for name, x in names.items():
+        if not hasattr(x, "shape"):
+            raise ValueError(f"gated_delta_rule: {name} must be an array, got {type(x).__name__}")
+        if not _is_float(x):
+            raise ValueError(f"gated_delta_rule: {name} must be floating point, got dtype {x.dtype}")
+    if q.ndim != 4:
+        raise ValueError(f"gated_delta_rule: q must be [B, T, H, Dk], got shape {q.shape}")
+    if k.shape != q.shape:
+        raise ValueError(f"gated_delta_rule: k shape {k.shape} must equal q shape {q.shape} ([B, T, H, Dk])")
+    B, T, H, Dk = q.shape
+    if v.ndim != 4 or v.shape[:3] != (B, T, H):
+        raise ValueError(f"gated_delta_rule: v must be [B, T, H, Dv] = [{B}, {T}, {H}, Dv], got shape {v.shape}")
+    Dv = v.shape[3]
+    for name, x in (("g", g), ("beta", beta)):
+        if x.shape != (B, T, H):
+            raise ValueError(f"gated_delta_rule: {name} must be [B, T, H] = {(B, T, H)}, got shape {x.shape}")
+    if T == 0:
+        raise ValueError("gated_delta_rule: sequence length T must be >= 1, got 0")
+    if initial_state is not None:
+        if not hasattr(initial_state, "shape") or initial_state.shape != (B, H, Dk, Dv):
+            raise ValueError(
+                f"gated_delta_rule: initial_state must be [B, H, Dk, Dv] = {(B, H, Dk, Dv)}, "
+                f"got shape {getattr(initial_state, 'shape', None)}"
+            )
+        if not _is_float(initial_state):
+            raise ValueError(f"gated_delta_rule: initial_state must be floating point, got {initial_state.dtype}")
+    if segment_ids is not None:
+        if not hasattr(segment_ids, "shape") or segment_ids.shape != (B, T):
+            raise ValueError(
+                f"gated_delta_rule: segment_ids must be [B, T] = {(B, T)}, got shape {getattr(segment_ids, 'shape', None)}"
+            )
+        if not jnp.issubdtype(segment_ids.dtype, jnp.integer):
+            raise ValueError(f"gated_delta_rule: segment_ids must be integer, got dtype {segment_ids.dtype}")
+    return B, T, H, Dk, Dv
+
+
+# --------------------------------------------------------------------------- recurrent (reference)
+
+
+def _step_core(S, q_t, k_t, v_t, g_t, beta_t, reset_t):
+    """One token of the recurrence, float32, q_t already scaled.
+
+    S: [B, H, Dk, Dv]; q_t, k_t: [B, H, Dk]; v_t: [B, H, Dv]; g_t, beta_t: [B, H];
+    reset_t: [B] bool or None (True -> state zeroed before this token).
+    """
+    S = S * jnp.exp(g_t)[..., None, None]
+    if reset_t is not None:
+        S = jnp.where(reset_t[:, None, None, None], 0.0, S)
+    u = beta_t[..., None] * (v_t - jnp.einsum("bhkv,bhk->bhv", S, k_t))
+    S = S + k_t[..., :, None] * u[..., None, :]
+    o = jnp.einsum("bhkv,bhk->bhv", S, q_t)
+    return o, S
+
+
+@functools.partial(jax.jit, static_argnames=("scale", "use_qk_l2norm"))
+def _recurrent(q, k, v, g, beta, initial_state, segment_ids, *, scale, use_qk_l2norm):
+    """Reference: lax.scan over tokens. Shapes as `gated_delta_rule`; returns f32 o, S."""
+    B, T, H, Dk = q.shape
+    Dv = v.shape[-1]
+    q, k = _prep_qk(q, k, scale, use_qk_l2norm)
+    v, g, beta = (x.astype(jnp.float32) for x in (v, g, beta))
+    S0 = jnp.zeros((B, H, Dk, Dv), jnp.float32) if initial_state is None else initial_state.astype(jnp.float32)
+    if segment_ids is None:
+        reset = None
+    else:
+        doc = _doc_index(segment_ids)
+        reset = jnp.concatenate([jnp.zeros((B, 1), bool), doc[:, 1:] != doc[:, :-1]], axis=1)
+
+    def body(S, xs):
+        q_t, k_t, v_t, g_t, b_t, r_t = xs
+        o_t, S = _step_core(S, q_t, k_t, v_t, g_t, b_t, r_t)
+        return S, o_t
+
+    tm = lambda x: None if x is None else jnp.moveaxis(x, 1, 0)  # time-major for scan
+    S, o = jax.lax.scan(body, S0, (tm(q), tm(k), tm(v), tm(g), tm(beta), tm(reset)))
+    return jnp.moveaxis(o, 0, 1), S
+
+
+# --------------------------------------------------------------------------- chunked
+
+
+def _chunk_intra(q, k, v, g, beta, doc, doc_prev):
+    """Intra-chunk work for all chunks at once (no state needed).
+
+    q, k: [B, H, N, C, Dk] (q scaled); v: [B, H, N, C, Dv]; g, beta: [B, H, N, C];
+    doc: [B, 1, N, C] or None; doc_prev: [B, 1, N] (document of the token before each chunk).
+    Returns u: [.., C, Dv], w: [.., C, Dk] (the UT-transformed values / decayed keys),
+    P: [.., C, C] (decayed causal q.k), qg: [.., C, Dk], kd: [.., C, Dk], dN: [B, H, N].
+    """
+    C = q.shape[-2]
+    gc = jnp.cumsum(g, axis=-1)  # log decay from the chunk start through token i
+    gl = gc[..., -1]
+    lower = jnp.tril(jnp.ones((C, C), bool))
+    strict = jnp.tril(jnp.ones((C, C), bool), -1)
+    if doc is not None:
+        same = doc[..., :, None] == doc[..., None, :]
+        lower, strict = lower & same, strict & same
+        first = (doc == doc_prev[..., None]).astype(jnp.float32)  # tokens still reading S0
+        last_same = (doc == doc[..., -1:]).astype(jnp.float32)  # tokens feeding the next chunk
+        carry = (doc[..., -1] == doc_prev).astype(jnp.float32)  # S0 survives the whole chunk
+    diff = gc[..., :, None] - gc[..., None, :]
+    # mask before exp: above the diagonal diff > 0 could overflow and poison gradients
+    dec = jnp.where(lower, jnp.exp(jnp.where(lower, diff, 0.0)), 0.0)
+    kk = jnp.einsum("bhnid,bhnjd->bhnij", k, k)
+    A = jnp.where(strict, beta[..., :, None] * kk * dec, 0.0)
+    eg = jnp.exp(gc)
+    ed = jnp.exp(gl[..., None] - gc)
+    dN = jnp.exp(gl)
+    if doc is not None:
+        eg, ed, dN = eg * first, ed * last_same, dN * carry
+    Dv = v.shape[-1]
+    rhs = jnp.concatenate([beta[..., None] * v, (beta * eg)[..., None] * k], axis=-1)
+    # (I + A) X = rhs, A strictly lower: forward substitution of the UT transform
+    x = jax.lax.linalg.triangular_solve(A, rhs, left_side=True, lower=True, unit_diagonal=True)
+    u, w = x[..., :Dv], x[..., Dv:]
+    P = jnp.einsum("bhnid,bhnjd->bhnij", q, k) * dec
+    qg = q * eg[..., None]
+    kd = k * ed[..., None]
+    return u, w, P, qg, kd, dN
+
+
+@functools.partial(jax.jit, static_argnames=("scale", "use_qk_l2norm", "chunk_size"))
+def _chunked(q, k, v, g, beta, initial_state, segment_ids, *, scale, use_qk_l2norm, chunk_size=CHUNK_SIZE):
+    """Chunkwise-parallel form. Shapes as `gated_delta_rule`; returns f32 o, S."""
+    B, T, H, Dk = q.shape
+    Dv = v.shape[-1]
+    C = chunk_size
+    N = -(-T // C)
+    pad = N * C - T
+    q, k = _prep_qk(q, k, scale, use_qk_l2norm)
+    v, g, beta = (x.astype(jnp.float32) for x in (v, g, beta))
+    # zero padding is inert: g=0 keeps the state, beta=0 and k=0 write nothing
+    padt = lambda x: jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+    # [B, T, H, ...] -> [B, H, N, C, ...]
+    tochunks = lambda x: jnp.moveaxis(padt(x), 2, 1).reshape((B, H, N, C) + x.shape[3:])
+    q, k, v, g, beta = map(tochunks, (q, k, v, g, beta))
+    if segment_ids is None:
+        doc = doc_prev = None
+    else:
+        doc = jnp.pad(_doc_index(segment_ids), [(0, 0), (0, pad)], mode="edge").reshape(B, 1, N, C)
+        # document of the token just before each chunk; chunk 0 continues document 0 (initial_state)
+        doc_prev = jnp.concatenate([doc[..., :1, 0], doc[..., :-1, -1]], axis=-1)
+    S0 = jnp.zeros((B, H, Dk, Dv), jnp.float32) if initial_state is None else initial_state.astype(jnp.float32)
+
+    u, w, P, qg, kd, dN = _chunk_intra(q, k, v, g, beta, doc, doc_prev)
+
+    def body(S, xs):
+        u_n, w_n, qg_n, kd_n, d_n = xs
+        v_new = u_n - jnp.einsum("bhck,bhkv->bhcv", w_n, S)  # what S does not already predict
+        o_inter = jnp.einsum("bhck,bhkv->bhcv", qg_n, S)
+        S = d_n[..., None, None] * S + jnp.einsum("bhck,bhcv->bhkv", kd_n, v_new)
+        return S, (v_new, o_inter)
+
+    cm = lambda x: jnp.moveaxis(x, 2, 0)  # chunk-major for scan
+    # only the inter-chunk state recurrence is sequential; remat of the body keeps its
+    # saved residuals to the chunk-boundary states (memory linear in T)
+    S, (v_new, o_inter) = jax.lax.scan(jax.checkpoint(body), S0, tuple(map(cm, (u, w, qg, kd, dN))))
+    v_new, o_inter = jnp.moveaxis(v_new, 0, 2), jnp.moveaxis(o_inter, 0, 2)
+    o = o_inter + jnp.einsum("bhnij,bhnjv->bhniv", P, v_new)
+    o = jnp.moveaxis(o.reshape(B, H, N * C, Dv), 1, 2)[:, :T]
+    return o, S
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def _on_accelerator():
+    return jax.default_backend() in ("gpu", "cuda", "rocm", "tpu")
+
+
+def _load_pallas(required):
+    try:
+        from pallas_kernels.gdr import gated_delta_rule_pallas
+    except ImportError as e:  # pragma: no cover - depends on the other module
+        if required:
+            raise ImportError(
+                "gated_delta_rule(implementation='pallas'): could not import "
+                f"pallas_kernels.gdr.gated_delta_rule_pallas ({e})"
+            ) from e
+        return None
+    return gated_delta_rule_pallas
+
+
+def gated_delta_rule(
+    q,
+    k,
+    v,
+    g,
+    beta,
+    *,
+    scale=None,
+    initial_state=None,
+    output_final_state=False,
+    segment_ids=None,
+    use_qk_l2norm=True,
+    implementation="auto",
+):
+    """Gated delta rule over a sequence.
+
+    Args:
+      q, k: [B, T, H, Dk]; v: [B, T, H, Dv]; g (log decay, <= 0), beta: [B, T, H].
+      scale: query scale, default Dk**-0.5 (applied after the l2norm).
+      initial_state: [B, H, Dk, Dv] state before token 0 (first document only).
+      output_final_state: also return the state after the last token.
+      segment_ids: [B, T] int; the state resets to zero wherever the id changes.
+      use_qk_l2norm: L2-normalise q and k per head (eps 1e-6) in float32.
+      implementation: "auto" | "recurrent" | "chunked" | "pallas".
+    Returns:
+      o: [B, T, H, Dv] in v's dtype, and the final state [B, H, Dk, Dv] float32 or None.
+    """
+    if implementation not in _IMPLEMENTATIONS:
+        raise ValueError(f"gated_delta_rule: unknown implementation {implementation!r}; expected one of {_IMPLEMENTATIONS}")
+    B, T, H, Dk, Dv = _validate(q, k, v, g, beta, initial_state, segment_ids)
+    scale = float(Dk**-0.5 if scale is None else scale)
+    if implementation in ("auto", "pallas"):
+        fn = _load_pallas(required=implementation == "pallas") if (implementation == "pallas" or _on_accelerator()) else None
+        if fn is not None:
+            return fn(
+                q, k, v, g, beta, scale=scale, initial_state=initial_state, output_final_state=output_final_state,
+                segment_ids=segment_ids, use_qk_l2norm=use_qk_l2norm,
+            )
+        implementation = "chunked"
+    impl = _recurrent if implementation == "recurrent" else _chunked
+    o, S = impl(q, k, v, g, beta, initial_state, segment_ids, scale=scale, use_qk_l2norm=bool(use_qk_l2norm))
+    return o.astype(v.dtype), (S if output_final_state else None)
+
+
+def gated_delta_rule_step(q_t, k_t, v_t, g_t, beta_t, state, *, scale=None, use_qk_l2norm=True):
+    """One decoding step (the recurrence of the reference implementation).
+
+    Args:
+      q_t, k_t: [B, H, Dk]; v_t: [B, H, Dv]; g_t, beta_t: [B, H]; state: [B, H, Dk, Dv].
+    Returns:
+      o_t: [B, H, Dv] in v_t's dtype, new_state: [B, H, Dk, Dv] float32.
+    """
+    if getattr(q_t, "ndim", None) != 3:
+        raise ValueError(f"gated_delta_rule_step: q_t must be [B, H, Dk], got shape {getattr(q_t, 'shape', None)}")
+    if state is None:
+        raise ValueError("gated_delta_rule_step: state [B, H, Dk, Dv] is required (use zeros for a fresh sequence)")
+    # validate through the sequence checker with T = 1
+    add_t = lambda x: x[:, None] if hasattr(x, "shape") else x
+    B, _, H, Dk, Dv = _validate(*map(add_t, (q_t, k_t, v_t, g_t, beta_t)), state, None)
+    scale = float(Dk**-0.5 if scale is None else scale)
+    q, k = _prep_qk(q_t, k_t, scale, use_qk_l2norm)
+    o, S = _step_core(
+        state.astype(jnp.float32), q, k, v_t.astype(jnp.float32), g_t.astype(jnp.float32),
+        beta_t.astype(jnp.float32), None,
+    )
+    return o.astype(v_t.dtype), S
