@@ -17,6 +17,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jet_jax.ops.backend import select_pallas
+
 __all__ = ["dynamic_causal_conv", "dynamic_causal_conv_step"]
 
 _IMPLEMENTATIONS = ("auto", "reference", "pallas")
@@ -88,23 +90,6 @@ def _reference(x, kernels, segment_ids, conv_state, output_final_state, activati
     return y, jnp.swapaxes(last, 1, 2).astype(x.dtype if conv_state is None else conv_state.dtype)
 
 
-def _on_accelerator():
-    return jax.default_backend() in ("gpu", "cuda", "rocm", "tpu")
-
-
-def _load_pallas(required):
-    try:
-        from pallas_kernels.dynamic_conv import dynamic_causal_conv_pallas
-    except ImportError as e:  # pragma: no cover - depends on the other module
-        if required:
-            raise ImportError(
-                "dynamic_causal_conv(implementation='pallas'): could not import "
-                f"pallas_kernels.dynamic_conv.dynamic_causal_conv_pallas ({e})"
-            ) from e
-        return None
-    return dynamic_causal_conv_pallas
-
-
 def dynamic_causal_conv(
     x,
     kernels,
@@ -134,7 +119,9 @@ def dynamic_causal_conv(
         )
     _validate(x, kernels, segment_ids, conv_state, activation)
     if implementation in ("auto", "pallas"):
-        fn = _load_pallas(required=implementation == "pallas") if (implementation == "pallas" or _on_accelerator()) else None
+        # The conv kernel is built for TPU only; "auto" keeps the XLA form on GPU.
+        fn = select_pallas("dynamic_causal_conv", "pallas_kernels.dynamic_conv", "dynamic_causal_conv_pallas",
+                           implementation, backends=("tpu",))
         if fn is not None:
             return fn(
                 x, kernels, segment_ids=segment_ids, conv_state=conv_state,

@@ -19,6 +19,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from jet_jax.ops.backend import select_pallas
+
 __all__ = ["gated_delta_rule", "gated_delta_rule_step", "CHUNK_SIZE"]
 
 CHUNK_SIZE = 64
@@ -224,23 +226,6 @@ def _chunked(q, k, v, g, beta, initial_state, segment_ids, *, scale, use_qk_l2no
 # --------------------------------------------------------------------------- public API
 
 
-def _on_accelerator():
-    return jax.default_backend() in ("gpu", "cuda", "rocm", "tpu")
-
-
-def _load_pallas(required):
-    try:
-        from pallas_kernels.gdr import gated_delta_rule_pallas
-    except ImportError as e:  # pragma: no cover - depends on the other module
-        if required:
-            raise ImportError(
-                "gated_delta_rule(implementation='pallas'): could not import "
-                f"pallas_kernels.gdr.gated_delta_rule_pallas ({e})"
-            ) from e
-        return None
-    return gated_delta_rule_pallas
-
-
 def gated_delta_rule(
     q,
     k,
@@ -273,7 +258,7 @@ def gated_delta_rule(
     B, T, H, Dk, Dv = _validate(q, k, v, g, beta, initial_state, segment_ids)
     scale = float(Dk**-0.5 if scale is None else scale)
     if implementation in ("auto", "pallas"):
-        fn = _load_pallas(required=implementation == "pallas") if (implementation == "pallas" or _on_accelerator()) else None
+        fn = select_pallas("gated_delta_rule", "pallas_kernels.gdr", "gated_delta_rule_pallas", implementation)
         if fn is not None:
             return fn(
                 q, k, v, g, beta, scale=scale, initial_state=initial_state, output_final_state=output_final_state,
