@@ -24,6 +24,7 @@ from jet_jax.ops.backend import select_pallas
 __all__ = ["gated_delta_rule", "gated_delta_rule_step", "CHUNK_SIZE"]
 
 CHUNK_SIZE = 64
+CHUNKS_PER_GROUP = 8  # backward recomputation granularity of the chunked form
 _L2_EPS = 1e-6  # same eps as FLA's l2norm
 _IMPLEMENTATIONS = ("auto", "recurrent", "chunked", "pallas")
 
@@ -187,7 +188,9 @@ def _chunked(q, k, v, g, beta, initial_state, segment_ids, *, scale, use_qk_l2no
     B, T, H, Dk = q.shape
     Dv = v.shape[-1]
     C = chunk_size
-    N = -(-T // C)
+    G = min(CHUNKS_PER_GROUP, -(-T // C))  # chunks recomputed together in the backward pass
+    NG = -(-T // (C * G))
+    N = NG * G
     pad = N * C - T
     q, k = _prep_qk(q, k, scale, use_qk_l2norm)
     v, g, beta = (x.astype(jnp.float32) for x in (v, g, beta))
@@ -204,22 +207,26 @@ def _chunked(q, k, v, g, beta, initial_state, segment_ids, *, scale, use_qk_l2no
         doc_prev = jnp.concatenate([doc[..., :1, 0], doc[..., :-1, -1]], axis=-1)
     S0 = jnp.zeros((B, H, Dk, Dv), jnp.float32) if initial_state is None else initial_state.astype(jnp.float32)
 
-    u, w, P, qg, kd, dN = _chunk_intra(q, k, v, g, beta, doc, doc_prev)
-
-    def body(S, xs):
+    def chunk_body(S, xs):
         u_n, w_n, qg_n, kd_n, d_n = xs
         v_new = u_n - jnp.einsum("bhck,bhkv->bhcv", w_n, S)  # what S does not already predict
         o_inter = jnp.einsum("bhck,bhkv->bhcv", qg_n, S)
         S = d_n[..., None, None] * S + jnp.einsum("bhck,bhcv->bhkv", kd_n, v_new)
         return S, (v_new, o_inter)
 
-    cm = lambda x: jnp.moveaxis(x, 2, 0)  # chunk-major for scan
-    # only the inter-chunk state recurrence is sequential; remat of the body keeps its
-    # saved residuals to the chunk-boundary states (memory linear in T)
-    S, (v_new, o_inter) = jax.lax.scan(jax.checkpoint(body), S0, tuple(map(cm, (u, w, qg, kd, dN))))
-    v_new, o_inter = jnp.moveaxis(v_new, 0, 2), jnp.moveaxis(o_inter, 0, 2)
-    o = o_inter + jnp.einsum("bhnij,bhnjv->bhniv", P, v_new)
-    o = jnp.moveaxis(o.reshape(B, H, N * C, Dv), 1, 2)[:, :T]
+    def group_body(S, xs):
+        """G chunks: intra-chunk work batched over them, then their state recurrence."""
+        u, w, P, qg, kd, dN = _chunk_intra(*xs)
+        cm = lambda x: jnp.moveaxis(x, 2, 0)  # chunk-major for scan
+        S, (v_new, o_inter) = jax.lax.scan(chunk_body, S, tuple(map(cm, (u, w, qg, kd, dN))))
+        return S, jnp.moveaxis(o_inter, 0, 2) + jnp.einsum("bhnij,bhnjv->bhniv", P, jnp.moveaxis(v_new, 0, 2))
+
+    # [B, H|1, N, ...] -> [NG, B, H|1, G, ...]; only the group-boundary states are saved for
+    # the backward pass, which recomputes one group at a time (memory linear in T, small factor)
+    grouped = lambda x: None if x is None else jnp.moveaxis(x.reshape(x.shape[:2] + (NG, G) + x.shape[3:]), 2, 0)
+    xs = tuple(map(grouped, (q, k, v, g, beta, doc, doc_prev)))
+    S, o = jax.lax.scan(jax.checkpoint(group_body), S0, xs)
+    o = jnp.moveaxis(jnp.moveaxis(o, 0, 2).reshape(B, H, N * C, Dv), 1, 2)[:, :T]
     return o, S
 
 
