@@ -60,10 +60,12 @@ class LinearMixer(nnx.Module):
         """x: [B, T, D]; segment_ids: [B, T] int or None -> (y [B, T, D], new_cache or None)."""
         raise NotImplementedError
 
-    def init_cache(self, batch_size: int) -> dict:
+    def init_cache(self, batch_size: int, max_length: int | None = None, dtype=None) -> dict:
         raise NotImplementedError
 
-    def cache_bytes(self, batch_size: int) -> int:
+    # max_length / context / dtype complete the mixer cache protocol shared with attention and
+    # the JetBlock; a linear mixer's cache is O(1) in context and keeps its own dtypes.
+    def cache_bytes(self, batch_size: int, context: int = 0, dtype_bytes: int | None = None) -> int:
         shapes = jax.eval_shape(lambda: self.init_cache(batch_size))
         return int(sum(math.prod(s.shape) * jnp.dtype(s.dtype).itemsize
                        for s in jax.tree.leaves(shapes)))

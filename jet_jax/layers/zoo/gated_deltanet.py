@@ -131,7 +131,7 @@ class GatedDeltaNet(LinearMixer):
                                    param_dtype=param_dtype)
         self.o_proj = self._dense(V, D, ("heads", "embed"), rngs)
 
-    def init_cache(self, batch_size: int) -> dict:
+    def init_cache(self, batch_size: int, max_length: int | None = None, dtype=None) -> dict:
         W = self.conv_size - 1
         return {"conv_q": jnp.zeros((batch_size, W, self.key_dim), self.dtype),
                 "conv_k": jnp.zeros((batch_size, W, self.key_dim), self.dtype),

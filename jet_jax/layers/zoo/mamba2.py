@@ -50,7 +50,7 @@ class Mamba2(LinearMixer):
         self.norm_weight = logical_param(jnp.ones((V,), param_dtype), "norm")
         self.out_proj = self._dense(V, D, ("heads", "embed"), rngs)
 
-    def init_cache(self, batch_size: int) -> dict:
+    def init_cache(self, batch_size: int, max_length: int | None = None, dtype=None) -> dict:
         return {"conv": jnp.zeros((batch_size, self.conv_size - 1, self.conv_dim), self.dtype),
                 "state": jnp.zeros((batch_size, self.num_heads, self.state_size, self.head_v_dim),
                                    jnp.float32)}

@@ -46,7 +46,7 @@ class RetNet(LinearMixer):
                                    param_dtype=param_dtype)
         self.o_proj = self._dense(V, D, ("heads", "embed"), rngs)
 
-    def init_cache(self, batch_size: int) -> dict:
+    def init_cache(self, batch_size: int, max_length: int | None = None, dtype=None) -> dict:
         return {"state": jnp.zeros((batch_size, self.num_heads, self.head_dim, self.head_v_dim),
                                    jnp.float32)}
 

@@ -1,0 +1,182 @@
+"""Training a super-network by distillation from its teacher, on the distillation machinery.
+
+`SupernetDistillStep` is `train.train_step.DistillStep` (mesh, optimizer with freezing
+regexes, `train.losses.distill_loss`, train-state pytree) whose student forward also reads a
+replicated `choice` [L] int32 from the batch: the sampled sub-network of that step, a traced
+array, so every sub-network shares one compiled step.
+
+`train_supernet` is the loop: per step draw `choice = sampler(step)` (deterministic in seed and
+step), take a batch from the grain iterator and update; optionally checkpoint
+(`train.checkpointing.TrainCheckpointer`, train state + data-iterator state) and resume.
+With a "fixed" sampler the same loop is plain distillation of one architecture (used by block
+selection and hardware search so every candidate gets the identical recipe).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable, Iterator, Mapping
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from jet_jax.sharding import make_mesh
+from train.config import LossSection, OptimizerSection
+from train.flat_model import FlatModel
+from train.postnas.sampling import ChoiceSampler
+from train.postnas.supernet import SuperNetwork, frozen_patterns
+from train.train_step import BATCH_AXES, DistillStep, shard_batch
+
+
+class SupernetDistillStep(DistillStep):
+    """`step(state, teacher_params, batch, choice)`; `eval(...)`/`logits(...)` likewise."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        bs = dict(self.batch_shardings)
+        bs["choice"] = self.replicated
+        self.batch_shardings = bs
+        self._step = jax.jit(self._step_fn,
+                             in_shardings=(self.state_shardings, self.teacher_shardings, bs),
+                             out_shardings=(self.state_shardings, self.replicated),
+                             donate_argnums=(0,))
+        self._eval = jax.jit(self._eval_fn,
+                             in_shardings=(self.param_shardings, self.teacher_shardings, bs),
+                             out_shardings=self.replicated)
+        self._logits = jax.jit(lambda p, b: self._forward(self.student, p, b, False),
+                               in_shardings=(self.param_shardings, bs),
+                               out_shardings=NamedSharding(self.mesh, P(BATCH_AXES)))
+
+    def _forward(self, flat, params, batch, hidden):
+        if flat is not self.student:
+            return super()._forward(flat, params, batch, hidden)
+        model = flat.merge(params)
+        return model(batch["input_ids"], batch["choice"], batch["segment_ids"], batch["positions"],
+                     return_hidden_states=hidden)
+
+    def _put(self, batch, choice):
+        out = shard_batch(batch, self.mesh)
+        out["choice"] = jax.device_put(np.asarray(choice, np.int32), self.replicated)
+        return out
+
+    def step(self, state, teacher_params, batch, choice):
+        return self._step(state, teacher_params, self._put(batch, choice))
+
+    def eval(self, params, teacher_params, batch, choice):
+        return self._eval(params, teacher_params, self._put(batch, choice))
+
+    def logits(self, params, batch, choice):
+        return self._logits(params, self._put(batch, choice))
+
+
+@dataclasses.dataclass(frozen=True)
+class SupernetTrainConfig:
+    """steps: optimizer steps; train_attention: also train the attention paths (default frozen,
+    as in the paper's search stage); log_every: history granularity."""
+
+    steps: int = 100
+    optimizer: OptimizerSection = OptimizerSection(lr=3e-3, warmup_steps=10)
+    loss: LossSection = LossSection()
+    train_attention: bool = False
+    log_every: int = 10
+    checkpoint_dir: str | None = None
+    save_interval_steps: int = 100
+
+
+def single_device_mesh():
+    return make_mesh((1, 1, 1), devices=jax.devices()[:1])
+
+
+def frozen_attention_patterns(layer_types) -> tuple[str, ...]:
+    """Regexes freezing the attention mixers of a plain student (its `attn`/`swa` layers)."""
+    idx = [str(i) for i, t in enumerate(layer_types) if t in ("attn", "swa")]
+    return (rf"^model/layers/({'|'.join(idx)})/self_attn/",) if idx else ()
+
+
+def train_supernet(supernet, teacher, data: Iterator[Mapping[str, np.ndarray]],
+                   sampler: ChoiceSampler | None, cfg: SupernetTrainConfig, *, mesh=None,
+                   on_log: Callable[[dict], None] | None = None):
+    """Distil `supernet` from `teacher` for `cfg.steps` steps, sampling a sub-network per step.
+
+    `supernet` may also be a plain `JetNemotronForCausalLM` student (sampler None): the same
+    loop, optimizer, loss and freezing rule (embeddings/MLPs/norms frozen; attention layers
+    too unless `train_attention`), i.e. plain distillation with the identical recipe.
+
+    data: iterator of batches (dicts of [B, T] numpy arrays, train.data row format); a grain
+      DatasetIterator is checkpointed with the train state when `checkpoint_dir` is set.
+    Returns (the trained super-network, history: [{"step", "loss", "kl", "ce", "choice",
+    "tokens_per_s"}]). Training throughput excludes the first (compiling) step.
+    """
+    is_super = isinstance(supernet, SuperNetwork)
+    if is_super and sampler is None:
+        raise ValueError("training a SuperNetwork needs a ChoiceSampler")
+    if is_super and sampler.num_layers != supernet.num_layers:
+        raise ValueError(f"sampler is for {sampler.num_layers} layers, super-network has "
+                         f"{supernet.num_layers}")
+    mesh = single_device_mesh() if mesh is None else mesh
+    if is_super:
+        frozen = frozen_patterns(cfg.optimizer.frozen, cfg.train_attention)
+    else:
+        frozen = tuple(cfg.optimizer.frozen) + (
+            () if cfg.train_attention else frozen_attention_patterns(supernet.config.layer_types))
+    opt = dataclasses.replace(cfg.optimizer, frozen=frozen)
+    student_flat, teacher_flat = FlatModel(supernet), FlatModel(teacher)
+    cls = SupernetDistillStep if is_super else DistillStep
+    step_obj = cls(student=student_flat, teacher=teacher_flat, optimizer_cfg=opt,
+                   loss_cfg=cfg.loss, mesh=mesh, total_steps=cfg.steps)
+    teacher_params = step_obj.put_teacher(teacher_flat.params(teacher))
+    seed = sampler.cfg.seed if sampler is not None else 0
+    state = step_obj.init_state(student_flat.params(supernet), seed=seed)
+    start = 0
+    ckpt = None
+    if cfg.checkpoint_dir:
+        from train.checkpointing import TrainCheckpointer
+        ckpt = TrainCheckpointer(cfg.checkpoint_dir, save_interval_steps=cfg.save_interval_steps,
+                                 config_fingerprint={
+                                     "postnas_supernet": getattr(supernet, "block", "student"),
+                                     "layers": len(supernet.model.layers), "steps": cfg.steps,
+                                     "lr": cfg.optimizer.lr,
+                                     "sampling": repr(sampler.cfg) if sampler else None})
+        if ckpt.latest_step() is not None:
+            state, data_state, _ = ckpt.restore(step_obj.abstract_state())
+            if hasattr(data, "set_state") and data_state:
+                data.set_state(data_state)
+            start = int(ckpt.latest_step())
+    history: list[dict] = []
+    t_first = None
+    tokens = 0
+    for step in range(start, cfg.steps):
+        batch = next(data)
+        if is_super:
+            choice = sampler(step)
+            state, metrics = step_obj.step(state, teacher_params, batch, choice)
+        else:
+            choice = np.zeros(0, np.int32)
+            state, metrics = step_obj.step(state, teacher_params, batch)
+        if step == start:
+            jax.block_until_ready(state["step"])
+            t_first = time.perf_counter()
+        else:
+            tokens += int(np.asarray(batch["input_ids"]).size)
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            elapsed = time.perf_counter() - t_first
+            rec = {"step": step + 1, **m, **({"choice": choice.tolist()} if is_super else {}),
+                   "tokens_per_s": tokens / elapsed if elapsed > 0 and tokens else float("nan")}
+            history.append(rec)
+            if on_log is not None:
+                on_log(rec)
+        if ckpt is not None:
+            ckpt.maybe_save(step + 1, state,
+                            data_state=data.get_state() if hasattr(data, "get_state") else {})
+    if ckpt is not None and start < cfg.steps and cfg.steps % cfg.save_interval_steps:
+        ckpt.maybe_save(cfg.steps, state,
+                        data_state=data.get_state() if hasattr(data, "get_state") else {},
+                        force=True)
+    if ckpt is not None:
+        ckpt.close()
+    jax.block_until_ready(state["params"])
+    trained = student_flat.merge(jax.device_get(state["params"]))
+    return trained, history
