@@ -324,3 +324,14 @@ def test_chunked_across_recomputation_groups_matches_fla_naive():
     o, _ = gated_delta_rule(*arrays[:5], segment_ids=jnp.asarray(seg), implementation="chunked")
     o_ref, _ = gated_delta_rule(*arrays[:5], segment_ids=jnp.asarray(seg), implementation="recurrent")
     assert rel_err(o, o_ref) < 1e-4
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_single_token_with_segment_ids_continues_state(impl):
+    """T = 1 with segment ids (a one-token prefill) continues the initial state."""
+    q, k, v, g, beta, h0 = make_inputs(2, 1, 2, 8, 8, seed=31)
+    seg = jnp.ones((2, 1), jnp.int32)
+    o, s = gated_delta_rule(q, k, v, g, beta, initial_state=h0, output_final_state=True,
+                            segment_ids=seg, implementation=impl)
+    o_ref, s_ref = gated_delta_rule_step(q[:, 0], k[:, 0], v[:, 0], g[:, 0], beta[:, 0], h0)
+    assert rel_err(o[:, 0], o_ref) < 1e-5 and rel_err(s, s_ref) < 1e-5

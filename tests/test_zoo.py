@@ -196,7 +196,7 @@ NO_DOC = jnp.zeros((B, T), jnp.int32)
 decay_attention_recurrent = jax.jit(decay_attention_recurrent, static_argnames="scale")
 decay_attention_chunked = jax.jit(decay_attention_chunked, static_argnames=("scale", "chunk_size"))
 delta_rule_recurrent = jax.jit(delta_rule_recurrent, static_argnames="scale")
-delta_rule_chunked = jax.jit(delta_rule_chunked, static_argnames=("scale", "chunk_size"))
+delta_rule_chunked = jax.jit(delta_rule_chunked, static_argnames="scale")
 
 
 def test_decay_attention_vs_fla_naive_recurrent_gla():
@@ -209,7 +209,7 @@ def test_decay_attention_vs_fla_naive_recurrent_gla():
     o_ref, s_ref = naive_recurrent_gla(_t(q), _t(k), _t(v), _t(gk), initial_state=_t(s0),
                                        output_final_state=True)
     for fn in (decay_attention_recurrent, decay_attention_chunked):
-        kw = {"chunk_size": CHUNK} if "chunked" in fn.__name__ else {}
+        kw = {}
         o, s = fn(q, k, v, gk, scale=K ** -0.5, doc=NO_DOC, initial_state=s0, **kw)
         close(o, o_ref.numpy(), what=f"{fn.__name__} o")
         close(s, s_ref.numpy(), what=f"{fn.__name__} state")
@@ -225,7 +225,7 @@ def test_decay_attention_vs_fla_naive_recurrent_simple_gla():
     o_ref, s_ref = naive_recurrent_simple_gla(_t(q), _t(k), _t(v), _t(g), scale=K ** -0.5,
                                               initial_state=_t(s0), output_final_state=True)
     for fn in (decay_attention_recurrent, decay_attention_chunked):
-        kw = {"chunk_size": CHUNK} if "chunked" in fn.__name__ else {}
+        kw = {}
         o, s = fn(q, k, v, g, scale=K ** -0.5, doc=NO_DOC, initial_state=s0, **kw)
         close(o, o_ref.numpy(), what=f"{fn.__name__} o")
         close(s, s_ref.numpy(), what=f"{fn.__name__} state")
@@ -240,7 +240,7 @@ def test_retention_vs_fla_naive_retention():
     o_ref = naive_retention(tr(q), tr(k), tr(v)).transpose(1, 2).numpy()
     g = jnp.broadcast_to(retention_log_decay(Hh), (B, T, Hh))
     for fn in (decay_attention_recurrent, decay_attention_chunked):
-        kw = {"chunk_size": CHUNK} if "chunked" in fn.__name__ else {}
+        kw = {}
         o, _ = fn(q, k, v, g, scale=K ** -0.5, doc=NO_DOC, **kw)
         close(o, o_ref, what=fn.__name__)
 
@@ -260,7 +260,7 @@ def test_delta_rule_vs_fla_naive():
     o_gdn, s_gdn = naive_recurrent_gated_delta_rule(_t(q), _t(k), _t(v), _t(beta), _t(g),
                                                     initial_state=_t(s0), output_final_state=True)
     for fn in (delta_rule_recurrent, delta_rule_chunked):
-        kw = {"chunk_size": CHUNK} if "chunked" in fn.__name__ else {}
+        kw = {}
         o, s = fn(q, k, v, None, beta, scale=K ** -0.5, doc=NO_DOC, initial_state=s0, **kw)
         close(o, np.swapaxes(o_dn.numpy(), 1, 2), what=f"{fn.__name__} deltanet o")
         close(s, s_dn.numpy(), what=f"{fn.__name__} deltanet state")

@@ -52,7 +52,8 @@ def _doc_index(segment_ids):
     A new document starts wherever the id changes, so ids may repeat non-adjacently.
     """
     change = (segment_ids[:, 1:] != segment_ids[:, :-1]).astype(jnp.int32)
-    return jnp.concatenate([jnp.zeros_like(change[:, :1]), jnp.cumsum(change, axis=1)], axis=1)
+    first = jnp.zeros((segment_ids.shape[0], 1), jnp.int32)  # also right for T == 1
+    return jnp.concatenate([first, jnp.cumsum(change, axis=1)], axis=1)
 
 
 def _is_float(x):
@@ -142,6 +143,22 @@ def _recurrent(q, k, v, g, beta, initial_state, segment_ids, *, scale, use_qk_l2
 # --------------------------------------------------------------------------- chunked
 
 
+def _unit_lower_inverse(A):
+    """(I + A)^-1 for strictly lower-triangular A: [..., C, C], by forward substitution.
+
+    Written with matmuls instead of `lax.linalg.triangular_solve`: jaxlib's batched CPU solve
+    spreads its batch over the thread pool it runs on and can deadlock when that pool is busy
+    (seen here with 8 host devices on 2 cores).
+    """
+    C = A.shape[-1]
+    eye = jnp.eye(C, dtype=A.dtype)
+
+    def row(i, inv):  # row i of the inverse needs only rows < i
+        return inv.at[..., i, :].set(eye[i] - jnp.einsum("...j,...jk->...k", A[..., i, :], inv))
+
+    return jax.lax.fori_loop(0, C, row, jnp.zeros_like(A))
+
+
 def _chunk_intra(q, k, v, g, beta, doc, doc_prev):
     """Intra-chunk work for all chunks at once (no state needed).
 
@@ -174,7 +191,7 @@ def _chunk_intra(q, k, v, g, beta, doc, doc_prev):
     Dv = v.shape[-1]
     rhs = jnp.concatenate([beta[..., None] * v, (beta * eg)[..., None] * k], axis=-1)
     # (I + A) X = rhs, A strictly lower: forward substitution of the UT transform
-    x = jax.lax.linalg.triangular_solve(A, rhs, left_side=True, lower=True, unit_diagonal=True)
+    x = jnp.einsum("...ij,...jd->...id", _unit_lower_inverse(A), rhs)
     u, w = x[..., :Dv], x[..., Dv:]
     P = jnp.einsum("bhnid,bhnjd->bhnij", q, k) * dec
     qg = q * eg[..., None]

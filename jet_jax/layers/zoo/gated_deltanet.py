@@ -14,89 +14,34 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jet_jax.layers.norms import GatedRMSNorm
-from jet_jax.layers.zoo.base import (LinearMixer, ShortConv, _state0, chunk_masks, doc_index,
-                                     dt_bias_init, l2norm, logical_param, pad_time, resets)
+from jet_jax.ops.gated_delta_rule import gated_delta_rule
+from jet_jax.layers.zoo.base import LinearMixer, ShortConv, doc_index, dt_bias_init, l2norm, logical_param
+
+
+def _delta_rule(q, k, v, g, beta, *, scale: float, doc, initial_state, implementation: str):
+    """The (gated) delta rule through the shared op `jet_jax.ops.gated_delta_rule`.
+
+    q, k: [B, T, H, K] (already normalised); v: [B, T, H, V]; g (log decay, or None = no
+    decay), beta: [B, T, H]; doc: [B, T] document index; state [B, H, K, V] f32.
+    Returns (o [B, T, H, V] f32, final state [B, H, K, V] f32).
+    """
+    if g is None:
+        g = jnp.zeros(beta.shape, jnp.float32)
+    return gated_delta_rule(q, k, v.astype(jnp.float32), g, beta, scale=scale,
+                            initial_state=initial_state, output_final_state=True, segment_ids=doc,
+                            use_qk_l2norm=False, implementation=implementation)
 
 
 def delta_rule_recurrent(q, k, v, g, beta, *, scale: float, doc, initial_state=None):
-    """Token-loop reference. q, k: [B, T, H, K] (already normalised); v: [B, T, H, V];
-    g (log decay, or None = no decay), beta: [B, T, H]; doc: [B, T]; state [B, H, K, V] f32.
-    Returns (o [B, T, H, V] f32, final state [B, H, K, V] f32)."""
-    B, T, H, K = q.shape
-    V = v.shape[-1]
-    if g is None:
-        g = jnp.zeros(beta.shape, jnp.float32)
-    tm = lambda a: jnp.moveaxis(a.astype(jnp.float32), 1, 0)
-
-    def step(S, xs):
-        q_t, k_t, v_t, g_t, b_t, r_t = xs
-        S = jnp.where(r_t[:, None, None, None], 0.0, S) * jnp.exp(g_t)[..., None, None]
-        u = b_t[..., None] * (v_t - jnp.einsum("bhkv,bhk->bhv", S, k_t))
-        S = S + k_t[..., :, None] * u[..., None, :]
-        return S, scale * jnp.einsum("bhkv,bhk->bhv", S, q_t)
-
-    S, o = jax.lax.scan(step, _state0(initial_state, B, H, K, V),
-                        (tm(q), tm(k), tm(v), tm(g), tm(beta), jnp.moveaxis(resets(doc), 1, 0)))
-    return jnp.moveaxis(o, 0, 1), S
+    """Token-loop reference (shapes as `_delta_rule`)."""
+    return _delta_rule(q, k, v, g, beta, scale=scale, doc=doc, initial_state=initial_state,
+                       implementation="recurrent")
 
 
-def delta_rule_chunked(q, k, v, g, beta, *, scale: float, doc, initial_state=None,
-                       chunk_size: int = 64):
-    """Chunkwise-parallel (WY / UT-transform) form of `delta_rule_recurrent`, same I/O.
-
-    Per chunk, with G the in-chunk cumulative log decay, Gam_ij = exp(G_i - G_j) (same doc,
-    j <= i) and M = strictly-lower(diag(beta) K K^T * Gam):
-        Tm = (I + M)^-1,  U = Tm (beta v),  Wm = Tm (beta exp(G) k)
-        v_new = U - Wm S;  o = scale (q exp(G)) S + scale (q K^T * Gam) v_new
-        S' = exp(G_C) S + (k exp(G_C - G))^T v_new
-    Tokens not continuing the carried state (a document start earlier in the chunk) get their
-    S terms masked; a doc-block-diagonal M keeps documents apart inside a chunk.
-    """
-    B, T, H, K = q.shape
-    V = v.shape[-1]
-    C = chunk_size
-    N = -(-T // C)
-    n_pad = N * C - T
-    if g is None:
-        g = jnp.zeros(beta.shape, jnp.float32)
-    # zero-padded tail tokens have k = 0, g = 0: they change neither outputs nor state
-    q, k, v, g, beta = (pad_time(a.astype(jnp.float32), n_pad) for a in (q, k, v, g, beta))
-    doc = pad_time(doc, n_pad, "edge")
-    same, cont, same_last = chunk_masks(doc, C, N)
-
-    ch = lambda a: jnp.moveaxis(a.reshape(B, N, C, H, *a.shape[3:]), 3, 1)   # [B,H,N,C,...]
-    q, k, v, g, beta = ch(q), ch(k), ch(v), ch(g), ch(beta)
-    G = jnp.cumsum(g, axis=3)
-    same_h = same[:, None]
-    gam = jnp.exp(jnp.where(same_h, G[..., :, None] - G[..., None, :], -jnp.inf))  # [B,H,N,C,C]
-    kk = jnp.einsum("bhnik,bhnjk->bhnij", k, k)
-    strict = jnp.tril(jnp.ones((C, C), bool), -1)
-    M = jnp.where(strict, beta[..., :, None] * kk * gam, 0.0)
-    eye = jnp.eye(C, dtype=jnp.float32)
-    cont_h = cont[:, None, ..., None]                                      # [B,1,N,C,1]
-    rhs = jnp.concatenate([beta[..., None] * v,
-                           beta[..., None] * jnp.exp(G)[..., None] * k * cont_h], axis=-1)
-    sol = jax.lax.linalg.triangular_solve(eye + M, rhs, left_side=True, lower=True,
-                                          unit_diagonal=True)
-    U, Wm = sol[..., :V], sol[..., V:]
-    qk = jnp.einsum("bhnik,bhnjk->bhnij", q, k) * gam * scale
-    q_in = q * jnp.exp(G)[..., None] * scale * cont_h
-    k_out = k * jnp.exp(G[..., -1:] - G)[..., None] * same_last[:, None, ..., None]
-    decay_last = jnp.exp(G[..., -1])[..., None, None]                      # [B,H,N,1,1]
-    carry_last = cont[:, None, :, -1, None, None]                          # [B,1,N,1,1]
-
-    def step(S, xs):
-        qk_n, qi, ko, u, w, dl, cl = xs
-        v_new = u - jnp.einsum("bhck,bhkv->bhcv", w, S)
-        o = jnp.einsum("bhck,bhkv->bhcv", qi, S) + jnp.einsum("bhij,bhjv->bhiv", qk_n, v_new)
-        S = jnp.where(cl, S * dl, 0.0) + jnp.einsum("bhck,bhcv->bhkv", ko, v_new)
-        return S, o
-
-    nf = lambda a: jnp.moveaxis(a, 2, 0)
-    S, o = jax.lax.scan(step, _state0(initial_state, B, H, K, V),
-                        tuple(nf(a) for a in (qk, q_in, k_out, U, Wm, decay_last, carry_last)))
-    o = jnp.moveaxis(jnp.moveaxis(o, 0, 2), 1, 3).reshape(B, N * C, H, V)[:, :T]
-    return o, S
+def delta_rule_chunked(q, k, v, g, beta, *, scale: float, doc, initial_state=None):
+    """Chunkwise-parallel (WY / UT-transform, chunk 64) form (shapes as `_delta_rule`)."""
+    return _delta_rule(q, k, v, g, beta, scale=scale, doc=doc, initial_state=initial_state,
+                       implementation="chunked")
 
 
 class GatedDeltaNet(LinearMixer):
@@ -158,7 +103,7 @@ class GatedDeltaNet(LinearMixer):
         if self.implementation == "recurrent":
             o, S = delta_rule_recurrent(q, k, v, g, beta, **kw)
         else:
-            o, S = delta_rule_chunked(q, k, v, g, beta, chunk_size=self.chunk_size, **kw)
+            o, S = delta_rule_chunked(q, k, v, g, beta, **kw)
         gate = self.g_proj(x).reshape(B, T, H, dv)
         y = self.o_proj(self.o_norm(o, gate).reshape(B, T, H * dv).astype(self.dtype))
         new_cache = None if cache is None else {"conv_q": cq, "conv_k": ck, "conv_v": cv, "state": S}

@@ -1,0 +1,254 @@
+"""The distillation loop: teacher -> student, train with periodic eval, checkpoint, resume.
+
+    run_distill(cfg) -> summary dict
+
+* Teacher: `from_hf(cfg.model.teacher)` (an HF qwen2 / jet_nemotron directory) or
+  `preset:<name>` (random init, for tests). Student: `student_from_teacher`.
+* Auto-resume: if `<output_dir>/checkpoints` holds a complete step, params, optimizer state,
+  step, rng and the data iterator position are restored, so the continued run sees exactly
+  the batches (and, on CPU, produces exactly the losses) an uninterrupted run would.
+* SIGTERM/SIGINT: finish the current step, save a checkpoint, exit cleanly (preemption).
+* Metrics: `<output_dir>/metrics.jsonl` and TensorBoard under `<output_dir>/tensorboard`;
+  eval = held-out LM loss (student CE), KL to the teacher, MQAR accuracy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import signal
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jet_jax.config import hybrid_layer_types
+from jet_jax.model import JetNemotronForCausalLM
+from train.checkpointing import TrainCheckpointer
+from train.config import TrainConfig, to_dict
+from train.data.mqar import mqar_accuracy
+from train.data.pipeline import make_eval_batches, make_mqar_eval_batches, make_train_iterator
+from train.distributed import initialize_distributed, mesh_from_config
+from train.flat_model import FlatModel
+from train.metrics import MetricsWriter
+from train.student import student_from_teacher
+from train.train_step import DistillStep
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def load_teacher(spec: str, *, dtype=jnp.float32, seed: int = 0) -> JetNemotronForCausalLM:
+    """`preset:<name>` (random init) or an HF directory."""
+    if spec.startswith("preset:"):
+        from configs.presets import get_preset
+        return JetNemotronForCausalLM(get_preset(spec.split(":", 1)[1]), rngs=nnx.Rngs(seed),
+                                      dtype=dtype)
+    if not os.path.isdir(spec):
+        raise FileNotFoundError(f"teacher {spec!r} is neither 'preset:<name>' nor an HF directory")
+    from jet_jax.convert.hf import from_hf
+    return from_hf(spec, dtype=dtype)
+
+
+def student_layer_types(cfg: TrainConfig, num_layers: int) -> tuple[str, ...]:
+    m = cfg.model
+    if m.layer_types is not None:
+        return tuple(m.layer_types)
+    return hybrid_layer_types(num_layers, attn=m.attn_layers, swa=m.swa_layers)
+
+
+def fingerprint(cfg: TrainConfig) -> dict:
+    """What must match for a checkpoint to be resumed (eval/logging/mesh may change)."""
+    d = to_dict(cfg)
+    return {k: d[k] for k in ("model", "data", "optimizer", "loss")} | {
+        "train": {"steps": cfg.train.steps, "seed": cfg.train.seed}}
+
+
+class _StopFlag:
+    """Set by SIGTERM/SIGINT; the loop checks it between steps."""
+
+    def __init__(self):
+        self.signum = None
+
+    def __call__(self, signum, frame):
+        self.signum = signum
+
+    @contextlib.contextmanager
+    def installed(self):
+        old = {}
+        try:
+            for s in (signal.SIGTERM, signal.SIGINT):
+                old[s] = signal.signal(s, self)
+        except ValueError:  # not the main thread: no handlers
+            pass
+        try:
+            yield self
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+
+def _progress(kind: str, total: int, initial: int):
+    if kind == "none" or jax.process_index() != 0:
+        return None
+    if kind == "rich":
+        from rich.progress import Progress
+        p = Progress()
+        p.start()
+        task = p.add_task("distill", total=total, completed=initial)
+
+        class _Rich:
+            def update(self, n):
+                p.update(task, advance=n)
+
+            def set_postfix_str(self, s):
+                p.update(task, description=f"distill {s}")
+
+            def close(self):
+                p.stop()
+        return _Rich()
+    from tqdm import tqdm
+    return tqdm(total=total, initial=initial, desc="distill", dynamic_ncols=True)
+
+
+def evaluate(ds: DistillStep, params, teacher_params, lm_batches, mqar_batches,
+             teacher_mqar: float | None = None) -> dict[str, float]:
+    """Held-out student CE (`loss_lm`), teacher CE, KL to teacher; MQAR accuracies."""
+    sums: dict[str, float] = {}
+    for b in lm_batches:
+        m = jax.device_get(ds.eval(params, teacher_params, b))
+        for k, v in m.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+    out = {k: v / len(lm_batches) for k, v in sums.items()} if lm_batches else {}
+    if mqar_batches:
+        acc = [mqar_accuracy(np.asarray(jax.device_get(ds.logits(params, b))), b) for b in mqar_batches]
+        out["mqar_acc"] = float(np.mean(acc))
+        if teacher_mqar is not None:
+            out["teacher_mqar_acc"] = teacher_mqar
+    return out
+
+
+def run_distill(cfg: TrainConfig, *, teacher_model: JetNemotronForCausalLM | None = None,
+                print_fn: Callable[[str], Any] = print) -> dict:
+    """Train; returns {"start_step", "end_step", "init_eval", "final_eval", "tokens_per_s",
+    "train_wall_s", "interrupted"}."""
+    initialize_distributed()
+    out_dir = os.path.abspath(cfg.train.output_dir)
+    shape = tuple(cfg.mesh.shape)
+    devices = None
+    if -1 not in shape and int(np.prod(shape)) < jax.device_count():
+        devices = jax.devices()[:int(np.prod(shape))]
+        print_fn(f"mesh {shape} uses {len(devices)} of {jax.device_count()} devices")
+    mesh = mesh_from_config(shape, devices=devices)
+    dtype = DTYPES[cfg.model.dtype]
+
+    teacher = teacher_model if teacher_model is not None else load_teacher(
+        cfg.model.teacher, dtype=dtype, seed=cfg.model.init_seed + 1)
+    layer_types = student_layer_types(cfg, teacher.config.num_hidden_layers)
+    student = student_from_teacher(teacher, layer_types, jet=cfg.model.jet,
+                                   window_size=cfg.model.window_size, seed=cfg.model.init_seed,
+                                   dtype=dtype, remat=cfg.model.remat)
+    s_flat, t_flat = FlatModel(student), FlatModel(teacher)
+    ds = DistillStep(s_flat, t_flat, cfg.optimizer, cfg.loss, mesh, total_steps=cfg.train.steps)
+    teacher_params = ds.put_teacher(t_flat.params(teacher))
+    init_params = s_flat.params(student)
+    del teacher, student
+
+    ckpt = TrainCheckpointer(os.path.join(out_dir, "checkpoints"),
+                             save_interval_steps=cfg.checkpoint.save_interval_steps,
+                             max_to_keep=cfg.checkpoint.max_to_keep,
+                             async_save=cfg.checkpoint.async_save,
+                             config_fingerprint=fingerprint(cfg))
+    data_it = make_train_iterator(cfg.data)
+    accum = cfg.optimizer.grad_accum_steps
+    latest = ckpt.latest_step()
+    if latest is not None:
+        state, data_state, _ = ckpt.restore(ds.abstract_state())
+        data_it.set_state(data_state["iterator"])
+        start = int(jax.device_get(state["step"])) // accum
+        print_fn(f"resumed from {ckpt.directory}/{latest} (step {start})")
+    else:
+        state = ds.init_state(init_params, cfg.train.seed)
+        start = 0
+
+    writer = MetricsWriter(out_dir, tensorboard=cfg.logging.tensorboard)
+    lm_batches = (make_eval_batches(cfg.data, cfg.eval.num_batches)
+                  if cfg.eval.num_batches > 0 else [])
+    mqar_batches = (make_mqar_eval_batches(cfg.data, cfg.eval.mqar_batches)
+                    if cfg.eval.mqar_batches > 0 else [])
+    teacher_mqar = None
+    if mqar_batches:
+        teacher_mqar = float(np.mean([mqar_accuracy(np.asarray(jax.device_get(
+            ds.teacher_logits(teacher_params, b))), b) for b in mqar_batches]))
+
+    def do_eval(step):
+        m = evaluate(ds, state["params"], teacher_params, lm_batches, mqar_batches, teacher_mqar)
+        if m:
+            writer.write(step, m, "eval")
+        return m
+
+    summary: dict[str, Any] = {"start_step": start, "init_eval": None, "interrupted": False}
+    if start == 0 and (lm_batches or mqar_batches):
+        summary["init_eval"] = do_eval(0)
+    tokens_per_step = cfg.data.batch_size * cfg.data.seq_len * accum
+    bar = _progress(cfg.logging.progress, cfg.train.steps, start)
+    step = start
+    t_start = time.perf_counter()
+    t_window, steps_window = t_start, 0
+    stop = _StopFlag()
+    last_eval = None
+    last_saved = start
+    try:
+        with stop.installed():
+            while step < cfg.train.steps:
+                if stop.signum is not None:
+                    summary["interrupted"] = True
+                    print_fn(f"signal {stop.signum}: saving step {step} and stopping")
+                    break
+                micro = []
+                for _ in range(accum):
+                    state, m = ds.step(state, teacher_params, next(data_it))
+                    micro.append(m)
+                step += 1
+                steps_window += 1
+                data_state = {"iterator": data_it.get_state()}
+                if ckpt.maybe_save(step, state, data_state=data_state):
+                    last_saved = step
+                if step % cfg.logging.interval == 0 or step == cfg.train.steps:
+                    vals = jax.device_get(micro)
+                    metrics = {k: float(np.mean([v[k] for v in vals])) for k in vals[0]}
+                    now = time.perf_counter()
+                    metrics["tokens_per_s"] = tokens_per_step * steps_window / (now - t_window)
+                    t_window, steps_window = now, 0
+                    writer.write(step, metrics, "train")
+                    if bar is not None:
+                        bar.set_postfix_str(f"loss {metrics['loss']:.4f} kl {metrics['kl']:.4f}")
+                if bar is not None:
+                    bar.update(1)
+                if cfg.eval.interval > 0 and step % cfg.eval.interval == 0 and step < cfg.train.steps:
+                    last_eval = do_eval(step)
+        train_wall = time.perf_counter() - t_start
+        if step > start:
+            summary["tokens_per_s"] = tokens_per_step * (step - start) / train_wall
+        summary["train_wall_s"] = train_wall
+        if last_saved != step:
+            ckpt.maybe_save(step, state, data_state={"iterator": data_it.get_state()}, force=True)
+        if not summary["interrupted"] and (lm_batches or mqar_batches):
+            last_eval = do_eval(step)
+        summary["final_eval"] = last_eval
+        summary["end_step"] = step
+        summary["final_params"] = state["params"]
+        summary["student_config"] = s_flat.config
+        summary["flat_model"] = s_flat
+    finally:
+        if bar is not None:
+            bar.close()
+        ckpt.close()
+        writer.close()
+    return summary

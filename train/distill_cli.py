@@ -1,0 +1,33 @@
+"""`jet-jax distill --config configs/distill_tiny.py --set train.steps=20 --set data.seq_len=128`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from train.config import ConfigError, apply_overrides, load_config_file
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="Python config file exposing get_config()")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one field, e.g. --set optimizer.lr=3e-4 (repeatable)")
+    parser.add_argument("--print-config", action="store_true", help="print the final config and exit")
+
+
+def run(args: argparse.Namespace) -> int:
+    from train.config import to_dict
+    try:
+        cfg = apply_overrides(load_config_file(args.config), args.overrides)
+    except ConfigError as e:
+        print(f"error: {e}")
+        return 2
+    if args.print_config:
+        print(json.dumps(to_dict(cfg), indent=2, default=str))
+        return 0
+    from train.distill import run_distill
+    summary = run_distill(cfg)
+    keep = {k: summary.get(k) for k in ("start_step", "end_step", "init_eval", "final_eval",
+                                         "tokens_per_s", "train_wall_s", "interrupted")}
+    print(json.dumps(keep, indent=2, default=str))
+    return 0
