@@ -45,7 +45,6 @@ def _train_steps(out_dir):
     return [r["step"] for r in read_jsonl(p, "train")] if p.exists() else []
 
 
-@pytest.mark.slow
 def test_sigkill_and_resume_reproduces_uninterrupted_run(tmp_path):
     ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
     subprocess.run(_cmd(ref_dir), env=_env(), check=True, cwd=REPO, timeout=600,
@@ -94,7 +93,6 @@ def test_sigkill_and_resume_reproduces_uninterrupted_run(tmp_path):
     assert len(resumed) == 2 and resumed[0]["loss"] == resumed[1]["loss"]
 
 
-@pytest.mark.slow  # ~100 s on the loaded 2-core CI machine (four jit compiles)
 def test_demo_like_run_reduces_kl_to_teacher(tmp_path):
     """Teacher trained from scratch with CE, saved with to_hf, student from `from_hf`;
     distillation lowers KL(teacher || student) below its value at init."""

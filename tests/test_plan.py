@@ -14,9 +14,10 @@ from train.plan import activation_bytes, layer_activation_bytes, plan_memory
 
 
 def unsharded_count(cfg: ModelConfig) -> int:
-    """Parameters with no hidden-size (`embed`) dim, from the config alone: the norms, the
-    attention biases, and the JetBlock's per-head scalars, generator w2 and o_norm. Every other
-    parameter is a matrix with a hidden dim, which the rules split over `fsdp`."""
+    """Parameters the fsdp axis does not split, from the config alone: the norms, the
+    attention biases, and the JetBlock's per-head scalars and o_norm. Every other parameter has
+    a hidden (`embed`) dim or is the conv generator's output (`conv_taps`: V * W, divisible by
+    the fsdp sizes used here), which the rules split over `fsdp`."""
     d, j = cfg.hidden_size, cfg.jet
     n = d  # final norm
     for t in cfg.layer_types:
@@ -24,8 +25,7 @@ def unsharded_count(cfg: ModelConfig) -> int:
         if t in ("attn", "swa"):
             n += (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim
         else:
-            n += 2 * j.num_heads + j.generator_dim * j.value_dim * j.conv_size \
-                + j.value_dim * j.conv_size + j.head_v_dim
+            n += 2 * j.num_heads + j.head_v_dim
     return n
 
 
