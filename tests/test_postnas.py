@@ -229,3 +229,37 @@ def test_cli_parses_and_overrides():
     assert cfg.budget == 2 and cfg.blocks == ("jet", "gla") and cfg.output_dir == "/tmp/x"
     with pytest.raises(ValueError, match="unknown PostNAS setting"):
         cli._config(p.parse_args(["search", "--set", "nope=1"]))
+
+
+def test_pipeline_end_to_end_reduced(tmp_path):
+    """`jet-jax demo` (the PostNAS pipeline) on a reduced budget: every stage runs, the final
+    table has the teacher, the searched and both baseline placements, and the exported HF
+    directory loads back into the searched student's logits."""
+    import json
+
+    import jax.numpy as jnp
+
+    from jet_jax.cli import main
+    from jet_jax.convert.hf import from_hf
+    out = tmp_path / "demo"
+    sets = ["teacher_layers=3", "teacher_steps=4", "seq_len=48", "batch_size=4",
+            "supernet_steps=4", "blocks=('jet','gla')", "block_steps=2", "hardware_steps=2",
+            "hardware_max_candidates=2", "final_steps=3", "eval_lm_batches=1",
+            "eval_mqar_batches=1", "decode_context=8", "decode_steps=2"]
+    assert main(["demo", "--output-dir", str(out), *[a for s in sets for a in ("--set", s)]]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    models = [r["model"] for r in summary["eval"]]
+    assert models[0].startswith("teacher") and models[1].startswith("searched")
+    assert any(m.startswith("uniform") for m in models) and any(m.startswith("worst") for m in models)
+    search = json.loads((out / "search.json").read_text())
+    assert summary["layer_types"] == search["best"]["layer_types"]
+    assert summary["layer_types"].count("attn") == 1
+    for name in ("report.md", "importance.png", "hardware.png", "final_kl.png", "blocks.json"):
+        assert (out / name).exists(), name
+    report = (out / "report.md").read_text()
+    assert "Final distillation" in report and "Hardware-aware search" in report
+    exported = from_hf(out / "final" / "searched")
+    assert list(exported.config.layer_types) == summary["layer_types"]
+    ids = jnp.arange(20)[None] % 200
+    searched_row = summary["eval"][1]
+    assert np.isfinite(searched_row["mqar"]) and np.isfinite(exported(ids)).all()

@@ -1,4 +1,12 @@
-"""`jet-jax demo`: the whole pipeline on embedded data, on a CPU, in minutes.
+"""`jet-jax demo`: the whole PostNAS pipeline on embedded data, on a CPU.
+
+Default: `configs/postnas_tiny.py` through `train.postnas.cli.pipeline` (tiny teacher ->
+super-network -> placement search -> block selection -> hardware search -> final distillation
+of the searched and baseline placements -> evaluation vs the teacher -> HF export -> report.md)
+in about 15 minutes on 2 CPU cores. `--full` runs `configs/postnas_full.py` (longer training
+at every stage); `--set key=value` overrides any PostNAS setting.
+
+`--distill-only` runs the 2-minute distillation demo instead:
 
 1. Train a tiny Qwen2-architecture TEACHER from scratch (cross-entropy) on byte-level
    Shakespeare + MQAR, and save it as an HF directory with `to_hf` (reused if it exists).
@@ -19,22 +27,32 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 
 DEFAULT_OUT = "runs/demo"
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output-dir", default=DEFAULT_OUT, help="where teacher/ and student/ go")
-    parser.add_argument("--teacher-steps", type=int, default=None, help="teacher training steps")
-    parser.add_argument("--steps", type=int, default=None, help="distillation steps")
-    parser.add_argument("--seq-len", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--retrain-teacher", action="store_true",
-                        help="train the teacher again even if <output-dir>/teacher exists")
-    parser.add_argument("--progress", default="tqdm", choices=("tqdm", "rich", "none"))
+    parser.add_argument("--output-dir", default=None,
+                        help="where everything goes (default: runs/demo, or the config's output_dir "
+                             "with --full)")
+    parser.add_argument("--full", action="store_true",
+                        help="the longer PostNAS run (configs/postnas_full.py) instead of the "
+                             "15-minute default")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a PostNAS setting (repeatable), e.g. --set budget=2")
+    parser.add_argument("--distill-only", action="store_true",
+                        help="only the 2-minute teacher -> student distillation demo")
+    g = parser.add_argument_group("--distill-only options")
+    g.add_argument("--teacher-steps", type=int, default=None, help="teacher training steps")
+    g.add_argument("--steps", type=int, default=None, help="distillation steps")
+    g.add_argument("--seq-len", type=int, default=None)
+    g.add_argument("--batch-size", type=int, default=None)
+    g.add_argument("--retrain-teacher", action="store_true",
+                   help="train the teacher again even if <output-dir>/teacher exists")
+    g.add_argument("--progress", default="tqdm", choices=("tqdm", "rich", "none"))
 
 
 def train_teacher(model_cfg, data_cfg, *, steps: int, lr: float, warmup_steps: int, seed: int,
@@ -85,11 +103,24 @@ def train_teacher(model_cfg, data_cfg, *, steps: int, lr: float, warmup_steps: i
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.distill_only:
+        return run_distill_demo(args)
+    from train.postnas.cli import pipeline
+    from train.postnas.config import apply_overrides, load_config
+    name = "postnas_full.py" if args.full else "postnas_tiny.py"
+    cfg = apply_overrides(load_config(os.path.join(CONFIG_DIR, name)), args.set)
+    if args.output_dir or not args.full:
+        cfg = cfg.replace(output_dir=args.output_dir or DEFAULT_OUT)
+    pipeline(cfg)
+    return 0
+
+
+def run_distill_demo(args: argparse.Namespace) -> int:
     from configs import demo as demo_cfg
     from train.distill import run_distill
 
     t0 = time.perf_counter()
-    out = os.path.abspath(args.output_dir)
+    out = os.path.abspath(args.output_dir or os.path.join(DEFAULT_OUT, "distill"))
     teacher_dir = os.path.join(out, "teacher")
     cfg = demo_cfg.get_config()
     data = cfg.data

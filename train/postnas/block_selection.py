@@ -39,7 +39,7 @@ def build_student(teacher, choice, block: str, *, jet=None, zoo=None, seed: int 
     """A fresh student for placement `choice` with linear block `block` (see module doc)."""
     sup = SuperNetwork.from_teacher(teacher, block, enable_swa=2 in tuple(int(c) for c in choice),
                                     seed=seed, jet=jet, zoo=zoo)
-    return extract_subnet(sup, layer_types_from_choice(choice, block), allow_unregistered=True)
+    return extract_subnet(sup, layer_types_from_choice(choice, block))
 
 
 def objective(scores: Mapping[str, float], references: Mapping[str, Mapping[str, float]],

@@ -65,9 +65,10 @@ def _log(msg: str) -> None:
 # ----------------------------------------------------------------------------- building blocks
 def data_config(cfg: PostNASConfig, seed_offset: int = 0):
     from train.data import DataConfig, MQARConfig, SourceConfig
-    mqar = MQARConfig(num_pairs=cfg.mqar_pairs, num_queries=cfg.mqar_queries, token_range=(0, 256))
+    mqar = MQARConfig(num_pairs=cfg.mqar_pairs, num_queries=cfg.mqar_queries,
+                      token_range=tuple(cfg.mqar_token_range))
     return DataConfig(
-        sources=(SourceConfig(kind="shakespeare"),
+        sources=(SourceConfig(kind="shakespeare", weight=cfg.shakespeare_weight),
                  SourceConfig(kind="mqar", mqar=mqar, weight=cfg.mqar_weight)),
         seq_len=cfg.seq_len, batch_size=cfg.batch_size, seed=cfg.seed + seed_offset)
 
@@ -280,7 +281,6 @@ _HW_COLUMNS = ["shape", "objective", "decode_tokens_per_s", "train_tokens_per_s"
 def pipeline(cfg: PostNASConfig) -> dict:
     from jet_jax.convert.hf import to_hf
     from train.postnas.block_selection import build_student, objective
-    from train.postnas.placement_search import uniform_placement
     from train.postnas.report import Report, markdown_table, plot_curves
     from train.postnas.supernet import extract_subnet, layer_types_from_choice
     from train.postnas.throughput import cache_bytes, measure_decode_throughput
@@ -316,24 +316,26 @@ def pipeline(cfg: PostNASConfig) -> dict:
             shape_kw = shape_overrides(teacher.config, block, (b["heads"], b["dk"], b["dv"]))
         t0 = mark("hardware", t0)
 
-    # Final distillation: searched placement vs uniform placement, same budget and recipe.
-    # Both start from the trained super-network's paths, or - if the hardware search changed
-    # the block shape - both start fresh with that shape; then the mixers train.
+    # Final distillation of the searched placement and of the baselines with the same budget:
+    # the uniform (evenly spaced) placement and the search's lowest-ranked one. Each distinct
+    # placement is trained once with the identical recipe and data. They start from the trained
+    # super-network's paths, or - if the hardware search changed the block shape - fresh with
+    # that shape; then the mixers (and attention, if final_train_attention) train.
     final_cfg = _train_cfg(cfg, cfg.final_steps, cfg.final_lr, cfg.final_train_attention)
-    uniform = np.array(uniform_placement(sup.num_layers, cfg.budget), np.int32)
-    if cfg.swa_budget:
-        uniform = choice.copy()  # keep the SWA layers; only the attention placement differs
-        uniform[uniform == 1] = 0
-        free = [i for i in np.flatnonzero(uniform == 0)]
-        for i in np.flatnonzero(np.array(uniform_placement(len(free), cfg.budget)) == 1):
-            uniform[free[i]] = 1
-    finals, curves = {}, {}
-    for name, ch in (("searched", choice), ("uniform", uniform)):
+    placements = {"searched": choice, "uniform": _uniform_like(cfg, choice, sup.num_layers),
+                  "worst searched": np.array(res.ranking[-1].choice, np.int32)}
+    finals, curves, trained = {}, {}, {}
+    for name, ch in placements.items():
         lt = layer_types_from_choice(ch, block)
+        if lt in trained:  # same placement as an earlier row: same model, same numbers
+            finals[name] = {**finals[trained[lt]], "same_as": trained[lt]}
+            _log(f"final distillation [{name}] = [{trained[lt]}] {lt}")
+            continue
+        trained[lt] = name
         if shape_kw:
             student = build_student(teacher, ch, block, seed=cfg.seed, **shape_kw)
         else:
-            student = extract_subnet(sup, lt, allow_unregistered=True)
+            student = extract_subnet(sup, lt)
         before = suite.score(student)
         _log(f"final distillation [{name}] {lt}: {cfg.final_steps} steps")
         student, hist = train_supernet(student, teacher, train_data(cfg, seed_offset=1), None,
@@ -354,7 +356,7 @@ def pipeline(cfg: PostNASConfig) -> dict:
                   "decode_tokens_per_s": t_dec["decode_tokens_per_s"],
                   "cache_bytes": cache_bytes(teacher, cfg.decode_batch, cfg.decode_context)}]
     for name, f in finals.items():
-        eval_rows.append({"model": f"{name} (k={cfg.budget})", "layer_types": ",".join(f["layer_types"]),
+        eval_rows.append({"model": f"{name} (k={cfg.budget})" + (f" = {f['same_as']}" if "same_as" in f else ""), "layer_types": ",".join(f["layer_types"]),
                           **f["after"], "kl_before_final": f["before"].get("kl", float("nan")),
                           "objective": objective(f["after"], res.references),
                           "decode_tokens_per_s": f["decode_tokens_per_s"],
@@ -406,8 +408,12 @@ def pipeline(cfg: PostNASConfig) -> dict:
                  f"{hw_res['baseline']['shape']}); {len(hw_res['rejected'])} grid points "
                  "rejected for cache size.")
         rep.image(out / "hardware.png", "hardware search", out)
-    rep.section("4. Final distillation: searched vs uniform placement vs teacher",
-                f"{cfg.final_steps} steps each, identical recipe and data.")
+    rep.section("4. Final distillation: searched vs baseline placements vs teacher",
+                f"{cfg.final_steps} steps each, identical recipe and data. Baselines with the "
+                "same budget: `uniform` (evenly spaced, the paper's baseline) and `worst "
+                "searched` (the search's lowest-ranked placement). A row marked `= name` is "
+                "the same placement as that row (trained once). `kl_before_final` is the "
+                "sub-network's KL straight out of the super-network.")
     rep.table(eval_rows)
     rep.image(out / "final_kl.png", "final KL curves", out)
     rep.image(out / "supernet_kl.png", "super-network training", out)
@@ -422,6 +428,19 @@ def pipeline(cfg: PostNASConfig) -> dict:
     _log(f"report: {path}")
     print(markdown_table(eval_rows))
     return summary
+
+
+def _uniform_like(cfg: PostNASConfig, choice: np.ndarray, num_layers: int) -> np.ndarray:
+    """The uniform placement with the same budget (keeping `choice`'s SWA layers, if any)."""
+    from train.postnas.placement_search import uniform_placement
+    if not cfg.swa_budget:
+        return np.array(uniform_placement(num_layers, cfg.budget), np.int32)
+    uniform = choice.copy()
+    uniform[uniform == 1] = 0
+    free = np.flatnonzero(uniform == 0)
+    for i in np.flatnonzero(np.array(uniform_placement(len(free), cfg.budget)) == 1):
+        uniform[free[i]] = 1
+    return uniform
 
 
 def _device() -> str:

@@ -34,6 +34,8 @@ class PostNASConfig:
     mqar_pairs: int = 8
     mqar_queries: int = 8
     mqar_weight: float = 1.0
+    mqar_token_range: tuple[int, int] = (0, 256)   # keys: lower half, values: upper half
+    shakespeare_weight: float = 1.0
     # super-network training
     supernet_steps: int = 200
     supernet_lr: float = 3e-3

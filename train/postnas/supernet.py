@@ -257,27 +257,14 @@ def subnet_config(supernet: SuperNetwork, layer_types: Sequence[str]) -> ModelCo
 
 
 def extract_subnet(supernet: SuperNetwork, layer_types: Sequence[str], *,
-                   dtype=None, param_dtype=None,
-                   allow_unregistered: bool = False) -> JetNemotronForCausalLM:
+                   dtype=None, param_dtype=None) -> JetNemotronForCausalLM:
     """A standalone `JetNemotronForCausalLM` holding the chosen paths' weights (copied refs).
 
     Its forward equals `supernet(ids, choice_from_layer_types(layer_types, supernet.block))`.
-    allow_unregistered: if `ModelConfig` does not (yet) accept the zoo block as a layer type,
-      build the model with "jet" placeholders and swap in the zoo mixers (a runnable model for
-      training and timing whose `config.layer_types` says "jet" at those layers; the real
-      types are in `model.postnas_layer_types`). Never use such a model for export.
+    Zoo blocks are registered layer types, so the sub-network's config names them exactly.
     """
     layer_types = tuple(layer_types)
-    choice_from_layer_types(layer_types, supernet.block)
-    swap = False
-    try:
-        cfg = subnet_config(supernet, layer_types)
-    except ValueError as e:
-        if not (allow_unregistered and "unknown layer type" in str(e)):
-            raise
-        swap = True
-        placeholder = tuple("jet" if t == supernet.block else t for t in layer_types)
-        cfg = supernet.config.replace(layer_types=placeholder)
+    cfg = subnet_config(supernet, layer_types)
     emb = supernet.model.embed_tokens
     dtype = emb.dtype if dtype is None else dtype
     param_dtype = emb.param_dtype if param_dtype is None else param_dtype
@@ -293,17 +280,12 @@ def extract_subnet(supernet: SuperNetwork, layer_types: Sequence[str], *,
             nnx.update(getattr(ml, name), nnx.state(getattr(sl, name)))
         if t in ("attn", "swa"):
             nnx.update(ml.self_attn, nnx.state(sl.attn))
-        elif swap:
-            gd, st = nnx.split(sl.linear)
-            ml.self_attn = nnx.merge(gd, st)  # a copy: the super-network is not aliased
-            ml.layer_type = t
         else:
             nnx.update(ml.self_attn, nnx.state(sl.linear))
     leftover = [p for p, v in nnx.to_flat_state(nnx.state(model))
                 if isinstance(v.get_value() if hasattr(v, "get_value") else v, jax.ShapeDtypeStruct)]
     if leftover:
         raise RuntimeError(f"extract_subnet left parameters uninitialised: {leftover[:5]}")
-    model.postnas_layer_types = layer_types
     return model
 
 
