@@ -221,6 +221,37 @@ def test_mqar_eval_batches_and_accuracy():
         mqar_accuracy(np.zeros((2, 3), np.int32), batches[0])
 
 
+def test_copy_task_examples_rows_and_eval():
+    from train.data import CopyConfig, make_copy_example, make_task_eval_batches
+    c = CopyConfig(span=10, token_range=(5, 25))
+    for index in range(20):
+        ex = make_copy_example(c, seed=1, index=index, bos_id=257)
+        ids, am = ex["input_ids"], ex["answer_mask"]
+        assert ids.shape == am.shape == (21,) and ids[0] == 257
+        assert np.array_equal(ids[1:11], ids[11:]) and np.all((ids[1:] >= 5) & (ids[1:] < 25))
+        assert np.flatnonzero(am).tolist() == list(range(11, 21))
+    assert not np.array_equal(make_copy_example(c, 1, 0, 257)["input_ids"],
+                              make_copy_example(c, 1, 1, 257)["input_ids"])
+    cfg = DataConfig(sources=(SourceConfig("shakespeare"), SourceConfig("copy", copy=c)),
+                     seq_len=48, batch_size=4)
+    # Training rows: copy documents carry loss only on the second copy, predicted from the
+    # previous token, so every loss-bearing target equals the target `span` positions before.
+    rows = next(make_train_iterator(cfg, process_index=0, process_count=1))
+    eb = make_task_eval_batches(cfg, 2, c)
+    for b in [*eb]:
+        assert np.all(b["loss_mask"].sum(1) == 10)
+        t, m = b["targets"], b["loss_mask"] > 0
+        r, j = np.nonzero(m)
+        assert np.array_equal(t[r, j], t[r, j - 10])
+        assert mqar_accuracy(b["targets"], b) == 1.0
+    assert rows["input_ids"].shape == (4, 48)
+    with pytest.raises(ValueError, match="seq_len"):
+        DataConfig(sources=(SourceConfig("copy", copy=CopyConfig(span=40)),), seq_len=64)
+    with pytest.raises(ValueError, match="special token ids"):
+        make_task_eval_batches(DataConfig(sources=(SourceConfig("copy"),), seq_len=64), 1,
+                               CopyConfig(span=4, token_range=(250, 258)))
+
+
 def test_mqar_config_checked_against_seq_len_and_vocab():
     with pytest.raises(ValueError, match="seq_len"):
         DataConfig(sources=(SourceConfig("mqar", mqar=MQARConfig(num_pairs=16, num_queries=16)),),

@@ -145,7 +145,6 @@ def run_distill_demo(args: argparse.Namespace) -> int:
         logging=dataclasses.replace(cfg.logging, progress=args.progress))
     s = run_distill(cfg)
     from jet_jax.convert.hf import to_hf
-    from train.flat_model import FlatModel  # noqa: F401 - documented type of s["flat_model"]
     student_dir = os.path.join(out, "student", "hf")
     to_hf(s["flat_model"].merge(jax.device_get(s["final_params"])), student_dir,
           dtype=jnp.float32, overwrite=True)

@@ -49,7 +49,6 @@ import os
 import time
 from typing import Any, Sequence
 
-import jax
 import jax.numpy as jnp
 
 from jet_jax.config import ModelConfig

@@ -1,18 +1,20 @@
 """Data layer for distillation training: tokenizers, document sources, synthetic
-MQAR, packing and the checkpointable grain input pipeline."""
+MQAR and copying, packing and the checkpointable grain input pipeline."""
 
+from train.data.copy_task import CopyConfig, CopySource, make_copy_example
 from train.data.mqar import MQARConfig, MQARSource, make_mqar_example, mqar_accuracy
 from train.data.packing import ROW_KEYS, encode_document, finalize_row, lm_example
 from train.data.pipeline import (DataConfig, TrainIterator, make_eval_batches,
-                                 make_mqar_eval_batches, make_train_dataset, make_train_iterator)
+                                 make_mqar_eval_batches, make_task_eval_batches, make_train_dataset,
+                                 make_train_iterator)
 from train.data.sources import (JsonlSource, ParquetSource, SourceConfig, TextFileSource,
                                 open_document_source)
 from train.data.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer, load_tokenizer
 
 __all__ = [
-    "ByteTokenizer", "DataConfig", "HFTokenizer", "JsonlSource", "MQARConfig", "MQARSource",
+    "ByteTokenizer", "CopyConfig", "CopySource", "DataConfig", "HFTokenizer", "JsonlSource", "MQARConfig", "MQARSource",
     "ParquetSource", "ROW_KEYS", "SourceConfig", "TextFileSource", "Tokenizer", "TrainIterator",
     "encode_document", "finalize_row", "lm_example", "load_tokenizer", "make_eval_batches",
-    "make_mqar_eval_batches", "make_mqar_example", "make_train_dataset", "make_train_iterator",
+    "make_copy_example", "make_mqar_eval_batches", "make_mqar_example", "make_task_eval_batches", "make_train_dataset", "make_train_iterator",
     "mqar_accuracy", "open_document_source",
 ]

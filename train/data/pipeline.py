@@ -39,6 +39,7 @@ import jax
 import numpy as np
 
 from train.data import packing
+from train.data.copy_task import CopyConfig, CopySource
 from train.data.mqar import MQARConfig, MQARSource
 from train.data.sources import SourceConfig, open_document_source
 from train.data.tokenizer import load_tokenizer
@@ -98,6 +99,9 @@ class DataConfig:
                 raise ValueError(
                     f"MQAR examples need {s.mqar.length - 1} tokens per row (1 + 2*num_pairs + "
                     f"2*num_queries, minus the shift) but seq_len={self.seq_len}")
+            if s.kind == "copy" and s.copy.length - 1 > self.seq_len:
+                raise ValueError(f"copy examples need {s.copy.length - 1} tokens per row "
+                                 f"(2*span, after the shift) but seq_len={self.seq_len}")
 
 
 def _source_seed(seed: int, k: int, salt: int = 0) -> int:
@@ -114,20 +118,25 @@ def _has_text(text: str) -> bool:
     return bool(text.strip())
 
 
-def _check_mqar(m: MQARConfig, tok) -> None:
+def _check_mqar(m: MQARConfig | CopyConfig, tok) -> None:
     m.check_vocab(tok.vocab_size, (tok.bos_id, tok.eos_id, tok.pad_id))
+
+
+def _synthetic_source(task: MQARConfig | CopyConfig, **kw):
+    return (MQARSource if isinstance(task, MQARConfig) else CopySource)(task, **kw)
 
 
 def _source_rows(cfg: DataConfig, k: int, tok) -> grain.IterDataset:
     """Packed, finalized, shuffled training rows of source k."""
     scfg = cfg.sources[k]
     seed = _source_seed(cfg.seed, k)
-    if scfg.kind == "mqar":
-        _check_mqar(scfg.mqar, tok)
+    if scfg.task is not None:
+        _check_mqar(scfg.task, tok)
         # Examples are already i.i.d. functions of (seed, index): no shuffle needed.
-        ds = grain.MapDataset.source(MQARSource(scfg.mqar, seed=seed, bos_id=tok.bos_id))
+        ds = grain.MapDataset.source(_synthetic_source(scfg.task, seed=seed, bos_id=tok.bos_id))
+        answer_only = getattr(scfg.task, "answer_only_loss", True)
         ds = ds.repeat(cfg.num_epochs).map(
-            functools.partial(packing.mqar_lm_example, answer_only_loss=scfg.mqar.answer_only_loss))
+            functools.partial(packing.mqar_lm_example, answer_only_loss=answer_only))
         rows = packing.pack_first_fit(ds.to_iter_dataset(_read_options(cfg)), cfg.seq_len,
                                       num_bins=cfg.packing_bins, seed=seed)
     else:
@@ -221,7 +230,7 @@ def make_eval_batches(cfg: DataConfig, n: int, *, process_index: int | None = No
 
     Uses each text-like source's held-out split (``SourceConfig.holdout_fraction``;
     whole plays for shakespeare), in source order, unshuffled, packed exactly like
-    training. MQAR sources are skipped (see ``make_mqar_eval_batches``). Returns
+    training. Synthetic sources (mqar, copy) are skipped (see ``make_task_eval_batches``). Returns
     fewer than n batches if the held-out data runs out; raises if it yields none.
     """
     if n < 1:
@@ -229,7 +238,7 @@ def make_eval_batches(cfg: DataConfig, n: int, *, process_index: int | None = No
     tok = tokenizer if tokenizer is not None else load_tokenizer(cfg.tokenizer)
     pi, pc = _resolve_processes(process_index, process_count, cfg.batch_size)
     doc_sets = [grain.MapDataset.source(open_document_source(s, "eval"))
-                for s in cfg.sources if s.kind != "mqar"]
+                for s in cfg.sources if s.task is None]
     doc_sets = [d for d in doc_sets if len(d)]
     if not doc_sets:
         raise ValueError(
@@ -265,17 +274,27 @@ def make_mqar_eval_batches(cfg: DataConfig, n: int, *, mqar: MQARConfig | None =
     MQAR source of ``cfg``, else ``MQARConfig()``; examples use a seed disjoint
     from training's.
     """
-    if n < 1:
-        raise ValueError(f"make_mqar_eval_batches: n must be >= 1, got {n}")
     if mqar is None:
         mqar = next((s.mqar for s in cfg.sources if s.kind == "mqar"), None) or MQARConfig()
-    if mqar.length - 1 > cfg.seq_len:
-        raise ValueError(f"MQAR examples need {mqar.length - 1} tokens per row but seq_len={cfg.seq_len}")
+    return make_task_eval_batches(cfg, n, mqar, process_index=process_index,
+                                  process_count=process_count, tokenizer=tokenizer)
+
+
+def make_task_eval_batches(cfg: DataConfig, n: int, task: MQARConfig | CopyConfig, *,
+                           process_index: int | None = None, process_count: int | None = None,
+                           tokenizer=None) -> list[dict[str, np.ndarray]]:
+    """``n`` fixed eval batches of a synthetic task (MQAR or copy), one example per row,
+    loss_mask 1 exactly at the answer targets; seeds disjoint from training's."""
+    name = type(task).__name__.removesuffix("Config")
+    if n < 1:
+        raise ValueError(f"{name} eval batches: n must be >= 1, got {n}")
+    if task.length - 1 > cfg.seq_len:
+        raise ValueError(f"{name} examples need {task.length - 1} tokens per row but seq_len={cfg.seq_len}")
     tok = tokenizer if tokenizer is not None else load_tokenizer(cfg.tokenizer)
-    _check_mqar(mqar, tok)
+    _check_mqar(task, tok)
     pi, pc = _resolve_processes(process_index, process_count, cfg.batch_size)
-    src = MQARSource(mqar, seed=_source_seed(cfg.seed, 0, salt=2), bos_id=tok.bos_id,
-                     num_examples=n * cfg.batch_size)
+    src = _synthetic_source(task, seed=_source_seed(cfg.seed, 0, salt=2), bos_id=tok.bos_id,
+                            num_examples=n * cfg.batch_size)
     ds = grain.MapDataset.source(src).map(
         functools.partial(packing.mqar_lm_example, answer_only_loss=True))
     rows = packing.pack_first_fit(ds.to_iter_dataset(_read_options(cfg)), cfg.seq_len,

@@ -31,10 +31,12 @@ from typing import Literal
 
 import numpy as np
 
+from train.data.copy_task import CopyConfig
 from train.data.mqar import MQARConfig
 
-SourceKind = Literal["text", "jsonl", "parquet", "shakespeare", "mqar"]
-_KINDS = ("text", "jsonl", "parquet", "shakespeare", "mqar")
+SourceKind = Literal["text", "jsonl", "parquet", "shakespeare", "mqar", "copy"]
+_KINDS = ("text", "jsonl", "parquet", "shakespeare", "mqar", "copy")
+SYNTHETIC_KINDS = ("mqar", "copy")  # generated examples with an answer mask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,19 +44,21 @@ class SourceConfig:
     """One weighted entry of the training mixture.
 
     kind: "text" | "jsonl" | "parquet" (need ``paths``), "shakespeare" (the
-        embedded default corpus, fetched once), or "mqar" (synthetic recall).
+        embedded default corpus, fetched once), "mqar" (synthetic recall) or "copy"
+        (synthetic copying, train.data.copy_task).
     paths: files, directories (text: every ``*.txt`` below it) or glob patterns.
     field: JSONL key / parquet column holding the document text.
     weight: relative sampling weight of this source's packed rows.
     split_on_blank_lines: text only; see module docstring.
     holdout_fraction: fraction of documents reserved for eval (text/jsonl/parquet;
-        shakespeare holds out whole plays, mqar uses a separate seed).
+        shakespeare holds out whole plays, mqar and copy use a separate seed).
     max_doc_chars: split longer documents into pieces of at most this many
         characters (at paragraph, else line, boundaries). Packing would split
         them anyway, but as consecutive rows: a 150k-character play then fills
         whole batches by itself. As separate documents the pieces are shuffled
         independently. None = never split; for kind="shakespeare", None means 4096.
     mqar: task shape for kind="mqar".
+    copy: task shape for kind="copy".
     """
 
     kind: SourceKind
@@ -64,6 +68,7 @@ class SourceConfig:
     split_on_blank_lines: bool = False
     holdout_fraction: float = 0.0
     mqar: MQARConfig | None = None
+    copy: CopyConfig | None = None
     max_doc_chars: int | None = None
 
     def __post_init__(self):
@@ -86,6 +91,13 @@ class SourceConfig:
             raise ValueError(f"SourceConfig.max_doc_chars must be None or >= 1, got {self.max_doc_chars}")
         if self.kind == "mqar" and self.mqar is None:
             object.__setattr__(self, "mqar", MQARConfig())
+        if self.kind == "copy" and self.copy is None:
+            object.__setattr__(self, "copy", CopyConfig())
+
+    @property
+    def task(self) -> MQARConfig | CopyConfig | None:
+        """The synthetic task shape (kinds "mqar" / "copy"), else None."""
+        return self.mqar if self.kind == "mqar" else self.copy if self.kind == "copy" else None
 
 
 def expand_paths(paths: Sequence[str], suffixes: tuple[str, ...]) -> list[str]:

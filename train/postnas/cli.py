@@ -64,12 +64,14 @@ def _log(msg: str) -> None:
 
 # ----------------------------------------------------------------------------- building blocks
 def data_config(cfg: PostNASConfig, seed_offset: int = 0):
-    from train.data import DataConfig, MQARConfig, SourceConfig
+    from train.data import CopyConfig, DataConfig, MQARConfig, SourceConfig
     mqar = MQARConfig(num_pairs=cfg.mqar_pairs, num_queries=cfg.mqar_queries,
                       token_range=tuple(cfg.mqar_token_range))
+    copy = ((SourceConfig(kind="copy", weight=cfg.copy_weight, copy=CopyConfig(
+        span=cfg.copy_span, token_range=tuple(cfg.copy_token_range))),) if cfg.copy_span else ())
     return DataConfig(
         sources=(SourceConfig(kind="shakespeare", weight=cfg.shakespeare_weight),
-                 SourceConfig(kind="mqar", mqar=mqar, weight=cfg.mqar_weight)),
+                 SourceConfig(kind="mqar", mqar=mqar, weight=cfg.mqar_weight), *copy),
         seq_len=cfg.seq_len, batch_size=cfg.batch_size, seed=cfg.seed + seed_offset)
 
 
@@ -80,15 +82,19 @@ def train_data(cfg: PostNASConfig, seed_offset: int = 0):
 
 
 def task_suite(cfg: PostNASConfig, teacher):
-    from train.data import ByteTokenizer, make_eval_batches, make_mqar_eval_batches
+    from train.data import (ByteTokenizer, make_eval_batches, make_mqar_eval_batches,
+                            make_task_eval_batches)
     from train.postnas.placement_search import TaskSuite, load_mc_jsonl, mc_batches
     dc = data_config(cfg)
     mc = None
     if cfg.mc_path:
         items = load_mc_jsonl(cfg.mc_path)
         mc = (*mc_batches(items, ByteTokenizer(), batch_size=cfg.batch_size), items)
+    copy = [s.copy for s in dc.sources if s.kind == "copy"]
     return TaskSuite(teacher=teacher, lm_batches=make_eval_batches(dc, cfg.eval_lm_batches),
-                     mqar_batches=make_mqar_eval_batches(dc, cfg.eval_mqar_batches), mc=mc)
+                     mqar_batches=make_mqar_eval_batches(dc, cfg.eval_mqar_batches),
+                     copy_batches=(make_task_eval_batches(dc, cfg.eval_copy_batches, copy[0])
+                                   if copy else ()), mc=mc)
 
 
 def jet_config(cfg: PostNASConfig):
@@ -248,7 +254,7 @@ def stage_blocks(cfg, out, teacher, choice, references, suite):
 
 
 def _BLOCK_COLUMNS(rows):
-    cols = ["block"] + [k for k in ("lm_loss", "kl", "mqar", "mc") if any(k in r for r in rows)]
+    cols = ["block"] + [k for k in ("lm_loss", "kl", "mqar", "copy", "mc") if any(k in r for r in rows)]
     return cols + ["objective", "train_tokens_per_s", "decode_tokens_per_s", "cache_bytes",
                    "params"] + (["error"] if any("error" in r for r in rows) else [])
 

@@ -28,7 +28,7 @@ class PostNASConfig:
     jet_expand_v: float = 2.0
     enable_swa: bool = False
     window_size: int = 32
-    # data (Shakespeare + MQAR mixture, byte tokenizer)
+    # data (Shakespeare + MQAR (+ copy) mixture, byte tokenizer)
     seq_len: int = 128
     batch_size: int = 8
     mqar_pairs: int = 8
@@ -36,6 +36,9 @@ class PostNASConfig:
     mqar_weight: float = 1.0
     mqar_token_range: tuple[int, int] = (0, 256)   # keys: lower half, values: upper half
     shakespeare_weight: float = 1.0
+    copy_span: int = 0                # > 0: add the copy task (span tokens) to training + eval
+    copy_token_range: tuple[int, int] = (0, 64)
+    copy_weight: float = 1.0
     # super-network training
     supernet_steps: int = 200
     supernet_lr: float = 3e-3
@@ -47,6 +50,7 @@ class PostNASConfig:
     beam_width: int = 3
     eval_lm_batches: int = 4
     eval_mqar_batches: int = 4
+    eval_copy_batches: int = 4
     mc_path: str | None = None
     # block selection / hardware search (short runs of the identical recipe)
     run_blocks: bool = True

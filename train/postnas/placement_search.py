@@ -6,6 +6,7 @@ trained super-network* (no retraining) on several tasks, each scored separately:
   * "lm_loss": held-out next-token cross-entropy (lower is better);
   * "kl":      KL(teacher || candidate) on the same held-out tokens (lower is better);
   * "mqar":    MQAR retrieval accuracy (answer tokens, argmax; higher is better);
+  * "copy":    copying accuracy (second copy of a random span, argmax; higher is better);
   * "mc":      optional multiple-choice accuracy from a JSONL file of
                {"question", "choices", "answer"} (answer: index or the choice text),
                each choice scored by the summed log-likelihood of its tokens given the
@@ -52,7 +53,7 @@ from train.postnas.supernet import ATTN, LINEAR, SWA, SuperNetwork, layer_types_
 NORMALIZED_RANGE = (-5.0, 5.0)
 # Accuracy tasks whose references differ by less than this (absolute) do not separate them.
 MIN_ACCURACY_SPAN = 0.02
-LOWER_IS_BETTER = {"lm_loss": True, "kl": True, "mqar": False, "mc": False}
+LOWER_IS_BETTER = {"lm_loss": True, "kl": True, "mqar": False, "copy": False, "mc": False}
 
 
 # ----------------------------------------------------------------------------- forward
@@ -173,14 +174,16 @@ class TaskSuite:
 
     lm_batches: held-out LM batches ([B, T] rows, train.data format); enables lm_loss and kl.
     mqar_batches: MQAR eval batches (loss_mask at answers); enables mqar.
+    copy_batches: copy-task eval batches (loss_mask on the second copy); enables copy.
     mc: (batches, row_index, items) from `mc_batches`; enables mc.
     teacher: the full-attention model, for "kl" (its logits are computed once here).
     """
 
-    def __init__(self, *, teacher=None, lm_batches=(), mqar_batches=(), mc=None):
+    def __init__(self, *, teacher=None, lm_batches=(), mqar_batches=(), copy_batches=(), mc=None):
         self.lm_batches = [_device_batch(b) for b in lm_batches]
-        self.mqar_batches = [_device_batch(b) for b in mqar_batches]
-        self.mqar_np = list(mqar_batches)
+        # answer-accuracy tasks: name -> (device batches, host batches)
+        self.accuracy_tasks = {name: ([_device_batch(b) for b in bs], list(bs))
+                               for name, bs in (("mqar", mqar_batches), ("copy", copy_batches)) if bs}
         self.mc = None if mc is None else ([_device_batch(b) for b in mc[0]], mc[1], mc[2])
         self.teacher_logits = None
         if teacher is not None and self.lm_batches:
@@ -191,12 +194,11 @@ class TaskSuite:
             self.tasks.append("lm_loss")
             if self.teacher_logits is not None:
                 self.tasks.append("kl")
-        if self.mqar_batches:
-            self.tasks.append("mqar")
+        self.tasks += list(self.accuracy_tasks)
         if self.mc is not None:
             self.tasks.append("mc")
         if not self.tasks:
-            raise ValueError("TaskSuite has no task: give lm_batches, mqar_batches or mc")
+            raise ValueError("TaskSuite has no task: give lm_batches, mqar_batches, copy_batches or mc")
 
     def score(self, model, choice=None) -> dict[str, float]:
         """{task: raw score} of `model` (super-network + choice [L], or plain model)."""
@@ -213,14 +215,14 @@ class TaskSuite:
             out["lm_loss"] = ce / max(n, 1.0)
             if self.teacher_logits is not None:
                 out["kl"] = kl / max(n, 1.0)
-        if self.mqar_batches:
+        for name, (dev, host) in self.accuracy_tasks.items():
             correct = total = 0
-            for b, bn in zip(self.mqar_batches, self.mqar_np):
+            for b, bn in zip(dev, host):
                 pred = np.asarray(jnp.argmax(_logits(graphdef, state, c, b), -1))
                 mask = np.asarray(bn["loss_mask"]) > 0
                 correct += int(((pred == np.asarray(bn["targets"])) & mask).sum())
                 total += int(mask.sum())
-            out["mqar"] = correct / max(total, 1)
+            out[name] = correct / max(total, 1)
         if self.mc is not None:
             batches, index, items = self.mc
             lp = np.concatenate([np.asarray(_seq_logprob(_logits(graphdef, state, c, b), b))
@@ -375,7 +377,7 @@ class PlacementSearch:
         return Candidate(tuple(int(c) for c in choice), raw, norm, obj)
 
     def _beam(self, starts: list[tuple[int, ...]], code: int, rounds: int,
-              key=lambda c: c.objective) -> list[Candidate]:
+              key=lambda c: c.objective, label: str = "objective") -> list[Candidate]:
         beam = [self.candidate(s) for s in starts]
         for r in range(rounds):
             seen, cands = set(), []
@@ -391,8 +393,8 @@ class PlacementSearch:
                         cands.append(self.candidate(c))
             cands.sort(key=lambda c: (-key(c), c.choice))
             beam = cands[:self.cfg.beam_width]
-            self.log(f"  round {r + 1}/{rounds} ({CHOICE_CODE[code]}): {len(cands)} candidates, "
-                     f"best {list(beam[0].choice)} objective {key(beam[0]):.4f}")
+            self.log(f"  [{label}] round {r + 1}/{rounds} ({CHOICE_CODE[code]}): {len(cands)} "
+                     f"candidates, best {list(beam[0].choice)} score {key(beam[0]):.4f}")
         return beam if rounds else sorted(beam, key=lambda c: (-key(c), c.choice))
 
     def importance(self) -> tuple[np.ndarray, np.ndarray]:
@@ -420,10 +422,11 @@ class PlacementSearch:
         final = self._beam([empty], ATTN, cfg.budget)
         per_task = {}
         for task in self.suite.tasks:  # each task alone (different tasks, different layers)
-            beam_t = self._beam([empty], ATTN, cfg.budget, key=lambda c, t=task: c.normalized[t])
+            beam_t = self._beam([empty], ATTN, cfg.budget, key=lambda c, t=task: c.normalized[t],
+                                label=task)
             if cfg.swa_budget:
                 beam_t = self._beam([c.choice for c in beam_t], SWA, cfg.swa_budget,
-                                    key=lambda c, t=task: c.normalized[t])
+                                    key=lambda c, t=task: c.normalized[t], label=task)
             per_task[task] = beam_t[0]
         if cfg.swa_budget:
             final = self._beam([c.choice for c in final], SWA, cfg.swa_budget)

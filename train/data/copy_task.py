@@ -1,0 +1,84 @@
+"""Synthetic copying (Jelassi et al. 2024, "Repeat After Me"): a probe that full attention
+passes and fixed-size recurrent states fail once the span outgrows the state.
+
+A sequence is
+
+    bos, x1 .. xS, x1 .. xS
+
+with S random tokens from ``token_range``; the loss / accuracy falls on the second copy
+(each token predicted from the one before it). A full-attention layer copies with one
+fixed-offset head; a linear-attention layer must hold all S tokens in its state. The PostNAS
+demo uses it beside MQAR: it tells which layer of the teacher does the retrieval.
+
+Examples are a pure function of (seed, index), like ``mqar``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class CopyConfig:
+    """span: S tokens to copy; token_range: [lo, hi) ids they are drawn from (inside the
+    vocab, avoiding special ids); num_examples: length of the (virtual) training source."""
+
+    span: int = 24
+    token_range: tuple[int, int] = (0, 64)
+    num_examples: int = 1 << 30
+
+    def __post_init__(self):
+        lo, hi = self.token_range
+        if not 0 <= lo < hi:
+            raise ValueError(f"CopyConfig.token_range must be 0 <= lo < hi, got {self.token_range}")
+        if self.span < 1:
+            raise ValueError(f"CopyConfig.span must be >= 1, got {self.span}")
+        if self.num_examples < 1:
+            raise ValueError(f"CopyConfig.num_examples must be >= 1, got {self.num_examples}")
+
+    @property
+    def length(self) -> int:
+        """Tokens per example: bos + 2S."""
+        return 1 + 2 * self.span
+
+    def check_vocab(self, vocab_size: int, special_ids: tuple[int, ...]) -> None:
+        lo, hi = self.token_range
+        if hi > vocab_size:
+            raise ValueError(f"CopyConfig.token_range {self.token_range} exceeds vocab_size={vocab_size}")
+        clash = sorted(i for i in set(special_ids) if lo <= i < hi)
+        if clash:
+            raise ValueError(f"CopyConfig.token_range {self.token_range} contains special token ids "
+                             f"{clash}; pick a range without them")
+
+
+def make_copy_example(cfg: CopyConfig, seed: int, index: int, bos_id: int) -> dict[str, np.ndarray]:
+    """input_ids: int32[1 + 2S]; answer_mask: bool, True on the second copy."""
+    if index < 0:
+        raise IndexError(f"copy index must be >= 0, got {index}")
+    rng = np.random.default_rng([seed & 0xFFFFFFFF, index, 7])
+    x = rng.integers(*cfg.token_range, size=cfg.span).astype(np.int32)
+    ids = np.concatenate([[bos_id], x, x]).astype(np.int32)
+    answer_mask = np.zeros(cfg.length, dtype=bool)
+    answer_mask[1 + cfg.span:] = True
+    return {"input_ids": ids, "answer_mask": answer_mask}
+
+
+class CopySource:
+    """Random-access grain source of copy examples (``len`` and ``__getitem__``)."""
+
+    def __init__(self, cfg: CopyConfig, *, seed: int, bos_id: int, num_examples: int | None = None):
+        self.cfg, self.seed, self.bos_id = cfg, seed, bos_id
+        self._len = cfg.num_examples if num_examples is None else num_examples
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        if not 0 <= index < self._len:
+            raise IndexError(f"CopySource index {index} out of range [0, {self._len})")
+        return make_copy_example(self.cfg, self.seed, int(index), self.bos_id)
+
+    def __repr__(self) -> str:
+        return f"CopySource({self.cfg}, seed={self.seed}, len={self._len})"
