@@ -29,7 +29,7 @@ def run_setting(spec: str, steps: int, every: int, lr: float, seed: int) -> list
                             make_train_iterator)
     from train.data.mqar import mqar_accuracy
     from train.flat_model import FlatModel
-    from train.losses import cross_entropy
+    from train.demo import ce_train_step
 
     pairs, hi, weight, layers = spec.split(":")
     pairs, hi, weight, layers = int(pairs), int(hi), float(weight), int(layers)
@@ -48,14 +48,7 @@ def run_setting(spec: str, steps: int, every: int, lr: float, seed: int) -> list
         b2=0.95, weight_decay=0.01))
     opt_state = tx.init(params)
 
-    @jax.jit
-    def step(params, opt_state, b):
-        def loss_fn(p):
-            logits = flat.merge(p)(b["input_ids"], b["segment_ids"], b["positions"])
-            return cross_entropy(logits, b["targets"], b["loss_mask"])
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
+    step = ce_train_step(flat, tx)
 
     @jax.jit
     def logits(params, b):

@@ -55,6 +55,22 @@ def register(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--progress", default="tqdm", choices=("tqdm", "rich", "none"))
 
 
+def ce_train_step(flat, tx):
+    """Jitted (params, opt_state, batch) -> (params, opt_state, loss): one cross-entropy step
+    of `flat` (a train.flat_model.FlatModel) with the optax transform `tx`."""
+    from train.losses import cross_entropy
+
+    @jax.jit
+    def step(params, opt_state, batch):
+        def loss_fn(p):
+            logits = flat.merge(p)(batch["input_ids"], batch["segment_ids"], batch["positions"])
+            return cross_entropy(logits, batch["targets"], batch["loss_mask"])
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+    return step
+
+
 def train_teacher(model_cfg, data_cfg, *, steps: int, lr: float, warmup_steps: int, seed: int,
                   out_dir: str, progress: str = "tqdm", print_fn=print) -> dict:
     """Cross-entropy pre-training of a Qwen2-architecture model; saved with `to_hf`."""
@@ -62,7 +78,6 @@ def train_teacher(model_cfg, data_cfg, *, steps: int, lr: float, warmup_steps: i
     from jet_jax.model import JetNemotronForCausalLM
     from train.data.pipeline import make_train_iterator
     from train.flat_model import FlatModel
-    from train.losses import cross_entropy
 
     if not model_cfg.is_qwen2:
         raise ValueError("the demo teacher must be a Qwen2 (all-attn) config")
@@ -76,15 +91,7 @@ def train_teacher(model_cfg, data_cfg, *, steps: int, lr: float, warmup_steps: i
                                  mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)))
     opt_state = tx.init(params)
 
-    @jax.jit
-    def step(params, opt_state, batch):
-        def loss_fn(p):
-            logits = flat.merge(p)(batch["input_ids"], batch["segment_ids"], batch["positions"])
-            return cross_entropy(logits, batch["targets"], batch["loss_mask"])
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
+    step = ce_train_step(flat, tx)
     it = make_train_iterator(data_cfg)
     from tqdm import tqdm
     bar = tqdm(range(steps), desc="teacher", disable=progress == "none", dynamic_ncols=True)

@@ -32,9 +32,10 @@ _IMPLEMENTATIONS = ("auto", "recurrent", "chunked", "pallas")
 # --------------------------------------------------------------------------- helpers
 
 
-def _l2norm(x):
-    """x / sqrt(sum(x^2) + eps) over the last axis (FLA's l2norm), float32."""
-    return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + _L2_EPS)
+def l2norm(x: jax.Array, eps: float = _L2_EPS) -> jax.Array:
+    """x / sqrt(sum(x^2) + eps) over the last axis (FLA's l2norm), in float32."""
+    x = x.astype(jnp.float32)
+    return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + eps)
 
 
 def _prep_qk(q, k, scale, use_qk_l2norm):
@@ -42,7 +43,7 @@ def _prep_qk(q, k, scale, use_qk_l2norm):
     q = q.astype(jnp.float32)
     k = k.astype(jnp.float32)
     if use_qk_l2norm:
-        q, k = _l2norm(q), _l2norm(k)
+        q, k = l2norm(q), l2norm(k)
     return q * scale, k
 
 

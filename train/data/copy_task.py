@@ -19,6 +19,8 @@ import dataclasses
 
 import numpy as np
 
+from train.data.mqar import MQARSource, check_token_range
+
 
 @dataclasses.dataclass(frozen=True)
 class CopyConfig:
@@ -44,13 +46,7 @@ class CopyConfig:
         return 1 + 2 * self.span
 
     def check_vocab(self, vocab_size: int, special_ids: tuple[int, ...]) -> None:
-        lo, hi = self.token_range
-        if hi > vocab_size:
-            raise ValueError(f"CopyConfig.token_range {self.token_range} exceeds vocab_size={vocab_size}")
-        clash = sorted(i for i in set(special_ids) if lo <= i < hi)
-        if clash:
-            raise ValueError(f"CopyConfig.token_range {self.token_range} contains special token ids "
-                             f"{clash}; pick a range without them")
+        check_token_range("CopyConfig", self.token_range, vocab_size, special_ids)
 
 
 def make_copy_example(cfg: CopyConfig, seed: int, index: int, bos_id: int) -> dict[str, np.ndarray]:
@@ -65,20 +61,7 @@ def make_copy_example(cfg: CopyConfig, seed: int, index: int, bos_id: int) -> di
     return {"input_ids": ids, "answer_mask": answer_mask}
 
 
-class CopySource:
+class CopySource(MQARSource):
     """Random-access grain source of copy examples (``len`` and ``__getitem__``)."""
 
-    def __init__(self, cfg: CopyConfig, *, seed: int, bos_id: int, num_examples: int | None = None):
-        self.cfg, self.seed, self.bos_id = cfg, seed, bos_id
-        self._len = cfg.num_examples if num_examples is None else num_examples
-
-    def __len__(self) -> int:
-        return self._len
-
-    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        if not 0 <= index < self._len:
-            raise IndexError(f"CopySource index {index} out of range [0, {self._len})")
-        return make_copy_example(self.cfg, self.seed, int(index), self.bos_id)
-
-    def __repr__(self) -> str:
-        return f"CopySource({self.cfg}, seed={self.seed}, len={self._len})"
+    make_example = staticmethod(make_copy_example)

@@ -84,14 +84,19 @@ class MQARConfig:
 
     def check_vocab(self, vocab_size: int, special_ids: tuple[int, ...]) -> None:
         """Raise if the token range leaves the vocab or overlaps a special id."""
-        lo, hi = self.token_range
-        if hi > vocab_size:
-            raise ValueError(f"MQARConfig.token_range {self.token_range} exceeds vocab_size={vocab_size}")
-        clash = sorted(i for i in set(special_ids) if lo <= i < hi)
-        if clash:
-            raise ValueError(
-                f"MQARConfig.token_range {self.token_range} contains special token ids {clash}; "
-                f"pick a range without them")
+        check_token_range("MQARConfig", self.token_range, vocab_size, special_ids)
+
+
+def check_token_range(owner: str, token_range: tuple[int, int], vocab_size: int,
+                      special_ids: tuple[int, ...]) -> None:
+    """A synthetic task's [lo, hi) token ids must lie in the vocab and avoid special ids."""
+    lo, hi = token_range
+    if hi > vocab_size:
+        raise ValueError(f"{owner}.token_range {token_range} exceeds vocab_size={vocab_size}")
+    clash = sorted(i for i in set(special_ids) if lo <= i < hi)
+    if clash:
+        raise ValueError(f"{owner}.token_range {token_range} contains special token ids {clash}; "
+                         f"pick a range without them")
 
 
 def make_mqar_example(cfg: MQARConfig, seed: int, index: int, bos_id: int) -> dict[str, np.ndarray]:
@@ -123,9 +128,13 @@ def make_mqar_example(cfg: MQARConfig, seed: int, index: int, bos_id: int) -> di
 
 
 class MQARSource:
-    """Random-access grain source of MQAR examples (``len`` and ``__getitem__``)."""
+    """Random-access grain source of MQAR examples (``len`` and ``__getitem__``).
 
-    def __init__(self, cfg: MQARConfig, *, seed: int, bos_id: int, num_examples: int | None = None):
+    Subclasses for other synthetic tasks (``copy_task.CopySource``) swap ``make_example``."""
+
+    make_example = staticmethod(make_mqar_example)
+
+    def __init__(self, cfg, *, seed: int, bos_id: int, num_examples: int | None = None):
         self.cfg = cfg
         self.seed = seed
         self.bos_id = bos_id
@@ -136,11 +145,11 @@ class MQARSource:
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         if not 0 <= index < self._len:
-            raise IndexError(f"MQARSource index {index} out of range [0, {self._len})")
-        return make_mqar_example(self.cfg, self.seed, int(index), self.bos_id)
+            raise IndexError(f"{type(self).__name__} index {index} out of range [0, {self._len})")
+        return self.make_example(self.cfg, self.seed, int(index), self.bos_id)
 
     def __repr__(self) -> str:
-        return f"MQARSource({self.cfg}, seed={self.seed}, len={self._len})"
+        return f"{type(self).__name__}({self.cfg}, seed={self.seed}, len={self._len})"
 
 
 def mqar_accuracy(logits_or_predictions, batch: Mapping[str, np.ndarray]) -> float:

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jet_jax.layers.norms import GatedRMSNorm
 from jet_jax.sharding import logical_param, partitioned
 
 IMPLEMENTATIONS = ("recurrent", "chunked")
@@ -78,6 +79,59 @@ class LinearMixer(nnx.Module):
                           dtype=self.dtype, param_dtype=self.param_dtype, rngs=rngs)
 
 
+class DecayAttentionMixer(LinearMixer):
+    """Linear attention with a gated output and a log decay (GLA, RetNet):
+
+        q, k, v, gate = x Wq, x Wk, x Wv, x Wg
+        S <- diag(exp(g_t)) S + k_t v_t^T;  o_t = S^T (dk^-0.5 q_t)
+        y = o_proj( RMSNorm_head(o) * w * silu(gate) )
+
+    Subclasses define `log_decay(x) -> [B, T, H]` (per head) or `[B, T, H, dk]` (per key dim).
+    Cache: state [B, H, dk, dv] f32.
+    """
+
+    def __init__(self, hidden_size: int, *, num_heads: int, head_dim: int,
+                 expand_v: float = 1.0, rngs: nnx.Rngs, dtype=jnp.float32,
+                 param_dtype=jnp.float32, implementation: str = "chunked",
+                 norm_eps: float = 1e-5, chunk_size: int = 64):
+        super().__init__(hidden_size, num_heads=num_heads, head_dim=head_dim, expand_v=expand_v,
+                         rngs=rngs, dtype=dtype, param_dtype=param_dtype,
+                         implementation=implementation)
+        D, K, V = hidden_size, self.key_dim, self.value_dim
+        self.chunk_size = chunk_size
+        self.q_proj = self._dense(D, K, ("embed", "heads"), rngs)
+        self.k_proj = self._dense(D, K, ("embed", "heads"), rngs)
+        self.v_proj = self._dense(D, V, ("embed", "heads"), rngs)
+        self.g_proj = self._dense(D, V, ("embed", "heads"), rngs)
+        self.o_norm = GatedRMSNorm(self.head_v_dim, eps=norm_eps, dtype=dtype,
+                                   param_dtype=param_dtype)
+        self.o_proj = self._dense(V, D, ("heads", "embed"), rngs)
+
+    def log_decay(self, x: jax.Array) -> jax.Array:
+        raise NotImplementedError
+
+    def init_cache(self, batch_size: int, max_length: int | None = None, dtype=None) -> dict:
+        return {"state": jnp.zeros((batch_size, self.num_heads, self.head_dim, self.head_v_dim),
+                                   jnp.float32)}
+
+    def __call__(self, x, *, segment_ids=None, cache=None):
+        B, T, _ = x.shape
+        H, dk, dv = self.num_heads, self.head_dim, self.head_v_dim
+        doc = doc_index(segment_ids, B, T)
+        q = self.q_proj(x).reshape(B, T, H, dk)
+        k = self.k_proj(x).reshape(B, T, H, dk)
+        v = self.v_proj(x).reshape(B, T, H, dv)
+        g = self.log_decay(x)
+        kw = dict(scale=dk ** -0.5, doc=doc, initial_state=None if cache is None else cache["state"])
+        if self.implementation == "recurrent":
+            o, S = decay_attention_recurrent(q, k, v, g, **kw)
+        else:
+            o, S = decay_attention_chunked(q, k, v, g, chunk_size=self.chunk_size, **kw)
+        gate = self.g_proj(x).reshape(B, T, H, dv)
+        y = self.o_proj(self.o_norm(o, gate).reshape(B, T, H * dv).astype(self.dtype))
+        return y, (None if cache is None else {"state": S})
+
+
 # ----------------------------------------------------------------------------- helpers
 
 
@@ -92,12 +146,6 @@ def doc_index(segment_ids: jax.Array | None, batch: int, length: int) -> jax.Arr
 def resets(doc: jax.Array) -> jax.Array:
     """[B, T] bool: token t starts a new document inside this call (never t = 0, see module doc)."""
     return jnp.concatenate([jnp.zeros_like(doc[:, :1], bool), doc[:, 1:] != doc[:, :-1]], axis=1)
-
-
-def l2norm(x: jax.Array, eps: float = 1e-6) -> jax.Array:
-    """x / sqrt(sum x^2 + eps) over the last axis (FLA's l2norm), in float32."""
-    x = x.astype(jnp.float32)
-    return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + eps)
 
 
 def dt_bias_init(rng: jax.Array, num_heads: int, dt_min: float = 1e-3, dt_max: float = 1e-1,

@@ -14,8 +14,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jet_jax.layers.norms import GatedRMSNorm
-from jet_jax.ops.gated_delta_rule import gated_delta_rule
-from jet_jax.layers.zoo.base import LinearMixer, ShortConv, doc_index, dt_bias_init, l2norm, logical_param
+from jet_jax.layers.zoo.base import LinearMixer, ShortConv, doc_index, dt_bias_init, logical_param
+from jet_jax.ops.gated_delta_rule import gated_delta_rule, l2norm
 
 
 def _delta_rule(q, k, v, g, beta, *, scale: float, doc, initial_state, implementation: str):

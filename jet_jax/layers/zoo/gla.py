@@ -17,12 +17,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jet_jax.layers.norms import GatedRMSNorm
-from jet_jax.layers.zoo.base import (LinearMixer, decay_attention_chunked,
-                                     decay_attention_recurrent, doc_index)
+from jet_jax.layers.zoo.base import DecayAttentionMixer
 
 
-class GatedLinearAttention(LinearMixer):
+class GatedLinearAttention(DecayAttentionMixer):
     """x: [B, T, D] -> [B, T, D]. Cache: state [B, H, dk, dv] f32."""
 
     def __init__(self, hidden_size: int, *, num_heads: int, head_dim: int,
@@ -32,39 +30,14 @@ class GatedLinearAttention(LinearMixer):
                  norm_eps: float = 1e-5, chunk_size: int = 16):
         super().__init__(hidden_size, num_heads=num_heads, head_dim=head_dim, expand_v=expand_v,
                          rngs=rngs, dtype=dtype, param_dtype=param_dtype,
-                         implementation=implementation)
-        D, K, V = hidden_size, self.key_dim, self.value_dim
-        self.chunk_size = chunk_size
+                         implementation=implementation, norm_eps=norm_eps, chunk_size=chunk_size)
         self.gate_logit_normalizer = gate_logit_normalizer
-        self.q_proj = self._dense(D, K, ("embed", "heads"), rngs)
-        self.k_proj = self._dense(D, K, ("embed", "heads"), rngs)
-        self.v_proj = self._dense(D, V, ("embed", "heads"), rngs)
-        self.g_proj = self._dense(D, V, ("embed", "heads"), rngs)
-        self.gk_down = self._dense(D, gate_low_rank_dim, ("embed", None), rngs)
-        self.gk_up = self._dense(gate_low_rank_dim, K, (None, "heads"), rngs, use_bias=True)
-        self.o_norm = GatedRMSNorm(self.head_v_dim, eps=norm_eps, dtype=dtype,
-                                   param_dtype=param_dtype)
-        self.o_proj = self._dense(V, D, ("heads", "embed"), rngs)
+        self.gk_down = self._dense(hidden_size, gate_low_rank_dim, ("embed", None), rngs)
+        self.gk_up = self._dense(gate_low_rank_dim, self.key_dim, (None, "heads"), rngs,
+                                 use_bias=True)
 
-    def init_cache(self, batch_size: int, max_length: int | None = None, dtype=None) -> dict:
-        return {"state": jnp.zeros((batch_size, self.num_heads, self.head_dim, self.head_v_dim),
-                                   jnp.float32)}
-
-    def __call__(self, x, *, segment_ids=None, cache=None):
+    def log_decay(self, x):
         B, T, _ = x.shape
-        H, dk, dv = self.num_heads, self.head_dim, self.head_v_dim
-        doc = doc_index(segment_ids, B, T)
-        q = self.q_proj(x).reshape(B, T, H, dk)
-        k = self.k_proj(x).reshape(B, T, H, dk)
-        v = self.v_proj(x).reshape(B, T, H, dv)
         # log decay in float32; /16 keeps alpha = sigmoid^(1/16) close to 1 (long memory)
         gk = jax.nn.log_sigmoid(self.gk_up(self.gk_down(x)).astype(jnp.float32))
-        gk = (gk / self.gate_logit_normalizer).reshape(B, T, H, dk)
-        kw = dict(scale=dk ** -0.5, doc=doc, initial_state=None if cache is None else cache["state"])
-        if self.implementation == "recurrent":
-            o, S = decay_attention_recurrent(q, k, v, gk, **kw)
-        else:
-            o, S = decay_attention_chunked(q, k, v, gk, chunk_size=self.chunk_size, **kw)
-        gate = self.g_proj(x).reshape(B, T, H, dv)
-        y = self.o_proj(self.o_norm(o, gate).reshape(B, T, H * dv).astype(self.dtype))
-        return y, (None if cache is None else {"state": S})
+        return (gk / self.gate_logit_normalizer).reshape(B, T, self.num_heads, self.head_dim)
