@@ -14,10 +14,10 @@ import pytest
 from flax import nnx
 
 from jet_jax.layers.zoo import MIXERS, get_mixer
-from jet_jax.layers.zoo.base import (decay_attention_chunked, decay_attention_recurrent,
-                                     l2norm)
+from jet_jax.layers.zoo.base import decay_attention_chunked, decay_attention_recurrent
 from jet_jax.layers.zoo.gated_deltanet import delta_rule_chunked, delta_rule_recurrent
 from jet_jax.layers.zoo.retnet import retention_log_decay
+from jet_jax.ops.gated_delta_rule import l2norm
 
 NAMES = ["gdn", "deltanet", "retnet", "gla", "mamba2"]
 D, H, DK, EXPAND_V, CHUNK = 32, 2, 8, 2, 8
