@@ -1,4 +1,4 @@
-"""PostNAS on the tiny byte-level teacher: the `jet-jax demo` default (about 15 minutes on 2
+"""PostNAS on the tiny byte-level teacher: the `jet-jax demo` default (10-13 minutes on 2
 CPU cores). `jet-jax postnas pipeline --config configs/postnas_tiny.py [--set key=value ...]`
 
 MQAR is 4 pairs over 16 keys / 16 values (chance 1/16): the 6-layer, hidden-64 teacher reaches

@@ -3,7 +3,7 @@
 Default: `configs/postnas_tiny.py` through `train.postnas.cli.pipeline` (tiny teacher ->
 super-network -> placement search -> block selection -> hardware search -> final distillation
 of the searched and baseline placements -> evaluation vs the teacher -> HF export -> report.md)
-in about 15 minutes on 2 CPU cores. `--full` runs `configs/postnas_full.py` (longer training
+in 10-13 minutes on 2 CPU cores. `--full` runs `configs/postnas_full.py` (longer training
 at every stage); `--set key=value` overrides any PostNAS setting.
 
 `--distill-only` runs the 2-minute distillation demo instead:
@@ -40,7 +40,7 @@ def register(parser: argparse.ArgumentParser) -> None:
                              "with --full)")
     parser.add_argument("--full", action="store_true",
                         help="the longer PostNAS run (configs/postnas_full.py) instead of the "
-                             "15-minute default")
+                             "12-minute default")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a PostNAS setting (repeatable), e.g. --set budget=2")
     parser.add_argument("--distill-only", action="store_true",
