@@ -199,34 +199,25 @@ delta_rule_recurrent = jax.jit(delta_rule_recurrent, static_argnames="scale")
 delta_rule_chunked = jax.jit(delta_rule_chunked, static_argnames="scale")
 
 
-def test_decay_attention_vs_fla_naive_recurrent_gla():
+@pytest.mark.parametrize("decay", ["per_key_dim", "per_head"])
+def test_decay_attention_vs_fla_naive_recurrent_gla(decay):
+    """Per-key-dim decay vs FLA's naive GLA; per-head decay vs its naive simple GLA."""
     from fla.ops.gla.naive import naive_recurrent_gla
-    Hh, K, V = 3, 8, 16
-    q, k = _rand((B, T, Hh, K), 1), _rand((B, T, Hh, K), 2)
-    v = _rand((B, T, Hh, V), 3)
-    gk = np.asarray(jax.nn.log_sigmoid(_rand((B, T, Hh, K), 4)) / 16)
-    s0 = _rand((B, Hh, K, V), 5)
-    o_ref, s_ref = naive_recurrent_gla(_t(q), _t(k), _t(v), _t(gk), initial_state=_t(s0),
-                                       output_final_state=True)
-    for fn in (decay_attention_recurrent, decay_attention_chunked):
-        kw = {}
-        o, s = fn(q, k, v, gk, scale=K ** -0.5, doc=NO_DOC, initial_state=s0, **kw)
-        close(o, o_ref.numpy(), what=f"{fn.__name__} o")
-        close(s, s_ref.numpy(), what=f"{fn.__name__} state")
-
-
-def test_decay_attention_vs_fla_naive_recurrent_simple_gla():
     from fla.ops.simple_gla.naive import naive_recurrent_simple_gla
     Hh, K, V = 3, 8, 16
     q, k = _rand((B, T, Hh, K), 1), _rand((B, T, Hh, K), 2)
     v = _rand((B, T, Hh, V), 3)
-    g = np.asarray(jax.nn.log_sigmoid(_rand((B, T, Hh), 4) + 2.0))
     s0 = _rand((B, Hh, K, V), 5)
-    o_ref, s_ref = naive_recurrent_simple_gla(_t(q), _t(k), _t(v), _t(g), scale=K ** -0.5,
-                                              initial_state=_t(s0), output_final_state=True)
+    if decay == "per_key_dim":
+        g = np.asarray(jax.nn.log_sigmoid(_rand((B, T, Hh, K), 4)) / 16)
+        o_ref, s_ref = naive_recurrent_gla(_t(q), _t(k), _t(v), _t(g), initial_state=_t(s0),
+                                           output_final_state=True)
+    else:
+        g = np.asarray(jax.nn.log_sigmoid(_rand((B, T, Hh), 4) + 2.0))
+        o_ref, s_ref = naive_recurrent_simple_gla(_t(q), _t(k), _t(v), _t(g), scale=K ** -0.5,
+                                                  initial_state=_t(s0), output_final_state=True)
     for fn in (decay_attention_recurrent, decay_attention_chunked):
-        kw = {}
-        o, s = fn(q, k, v, g, scale=K ** -0.5, doc=NO_DOC, initial_state=s0, **kw)
+        o, s = fn(q, k, v, g, scale=K ** -0.5, doc=NO_DOC, initial_state=s0)
         close(o, o_ref.numpy(), what=f"{fn.__name__} o")
         close(s, s_ref.numpy(), what=f"{fn.__name__} state")
 
@@ -240,8 +231,7 @@ def test_retention_vs_fla_naive_retention():
     o_ref = naive_retention(tr(q), tr(k), tr(v)).transpose(1, 2).numpy()
     g = jnp.broadcast_to(retention_log_decay(Hh), (B, T, Hh))
     for fn in (decay_attention_recurrent, decay_attention_chunked):
-        kw = {}
-        o, _ = fn(q, k, v, g, scale=K ** -0.5, doc=NO_DOC, **kw)
+        o, _ = fn(q, k, v, g, scale=K ** -0.5, doc=NO_DOC)
         close(o, o_ref, what=fn.__name__)
 
 
@@ -260,11 +250,10 @@ def test_delta_rule_vs_fla_naive():
     o_gdn, s_gdn = naive_recurrent_gated_delta_rule(_t(q), _t(k), _t(v), _t(beta), _t(g),
                                                     initial_state=_t(s0), output_final_state=True)
     for fn in (delta_rule_recurrent, delta_rule_chunked):
-        kw = {}
-        o, s = fn(q, k, v, None, beta, scale=K ** -0.5, doc=NO_DOC, initial_state=s0, **kw)
+        o, s = fn(q, k, v, None, beta, scale=K ** -0.5, doc=NO_DOC, initial_state=s0)
         close(o, np.swapaxes(o_dn.numpy(), 1, 2), what=f"{fn.__name__} deltanet o")
         close(s, s_dn.numpy(), what=f"{fn.__name__} deltanet state")
-        o, s = fn(q, k, v, g, beta, scale=K ** -0.5, doc=NO_DOC, initial_state=s0, **kw)
+        o, s = fn(q, k, v, g, beta, scale=K ** -0.5, doc=NO_DOC, initial_state=s0)
         close(o, o_gdn.numpy(), what=f"{fn.__name__} gdn o")
         close(s, s_gdn.numpy(), what=f"{fn.__name__} gdn state")
 

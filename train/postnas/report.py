@@ -18,6 +18,16 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path: str | os.PathLike) -> Path:
+    """Lay out, write the PNG (creating its folder) and free the figure."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def fmt(v) -> str:
     if isinstance(v, float):
         if math.isnan(v):
@@ -63,12 +73,7 @@ def plot_importance(only: np.ndarray, drop: np.ndarray, tasks: Sequence[str],
         fig.colorbar(im, ax=ax, fraction=0.04)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_tradeoff(rows: Sequence[Mapping], x: str, y: str, label: str, path: str | os.PathLike,
@@ -84,12 +89,7 @@ def plot_tradeoff(rows: Sequence[Mapping], x: str, y: str, label: str, path: str
     ax.set_ylabel(y)
     if title:
         ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_curves(curves: Mapping[str, Sequence[Mapping]], key: str, path: str | os.PathLike,
@@ -106,12 +106,7 @@ def plot_curves(curves: Mapping[str, Sequence[Mapping]], key: str, path: str | o
     ax.legend(fontsize=7)
     if title:
         ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 class Report:
