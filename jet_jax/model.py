@@ -13,13 +13,42 @@ from jet_jax.layers.rope import positions_from_segments
 from jet_jax.sharding import partitioned
 
 
+def make_token_embedding(cfg: ModelConfig, *, rngs: nnx.Rngs, dtype, param_dtype) -> nnx.Embed:
+    """The [vocab, hidden] input embedding (also the output head when tied)."""
+    return nnx.Embed(
+        cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype,
+        embedding_init=partitioned(nnx.initializers.normal(cfg.initializer_range), "vocab", "embed"),
+        rngs=rngs)
+
+
+def make_lm_head(cfg: ModelConfig, *, rngs: nnx.Rngs, dtype, param_dtype) -> nnx.Linear:
+    """The untied output head, kernel [hidden, vocab]."""
+    return nnx.Linear(
+        cfg.hidden_size, cfg.vocab_size, use_bias=False, dtype=dtype, param_dtype=param_dtype,
+        rngs=rngs, kernel_init=partitioned(nnx.initializers.normal(cfg.initializer_range), "embed", "vocab"))
+
+
+def default_positions(input_ids: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
+    """[B, T] positions: restarting at every document of `segment_ids`, else 0..T-1."""
+    if segment_ids is not None:
+        return positions_from_segments(segment_ids)
+    return jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
+
+
+def output_logits(model, h: jax.Array) -> jax.Array:
+    """float32 logits of final hidden states h [.., D] for any module with `config`,
+    `model.embed_tokens` and (untied) `lm_head`: this model and the PostNAS super-network."""
+    if model.config.tie_word_embeddings:
+        logits = model.model.embed_tokens.attend(h)
+    else:
+        logits = model.lm_head(h)
+    return logits.astype(jnp.float32)
+
+
 class JetNemotronModel(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype, param_dtype,
                  gdr_implementation: str, conv_implementation: str):
-        self.embed_tokens = nnx.Embed(
-            cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype,
-            embedding_init=partitioned(nnx.initializers.normal(cfg.initializer_range), "vocab", "embed"),
-            rngs=rngs)
+        self.embed_tokens = make_token_embedding(cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         self.layers = nnx.List([
             DecoderLayer(cfg, t, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
                          gdr_implementation=gdr_implementation, conv_implementation=conv_implementation)
@@ -44,10 +73,7 @@ class JetNemotronForCausalLM(nnx.Module):
                                       gdr_implementation=gdr_implementation,
                                       conv_implementation=conv_implementation)
         if not config.tie_word_embeddings:
-            self.lm_head = nnx.Linear(
-                config.hidden_size, config.vocab_size, use_bias=False, dtype=dtype,
-                param_dtype=param_dtype, rngs=rngs,
-                kernel_init=partitioned(nnx.initializers.normal(config.initializer_range), "embed", "vocab"))
+            self.lm_head = make_lm_head(config, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
 
     def init_cache(self, batch_size: int, max_length: int, dtype=jnp.float32) -> list[dict]:
         """One cache per layer: KV buffer (`attn`), ring buffer (`swa`), O(1) state (linear)."""
@@ -58,11 +84,7 @@ class JetNemotronForCausalLM(nnx.Module):
                    for layer in self.model.layers)
 
     def logits_from_hidden(self, h: jax.Array) -> jax.Array:
-        if self.config.tie_word_embeddings:
-            logits = self.model.embed_tokens.attend(h)
-        else:
-            logits = self.lm_head(h)
-        return logits.astype(jnp.float32)
+        return output_logits(self, h)
 
     def __call__(self, input_ids: jax.Array, segment_ids: jax.Array | None = None,
                  positions: jax.Array | None = None, *, cache: list[dict] | None = None,
@@ -83,8 +105,7 @@ class JetNemotronForCausalLM(nnx.Module):
         if positions is None:
             if cache is not None:
                 raise ValueError("positions are required when decoding with a cache")
-            positions = (positions_from_segments(segment_ids) if segment_ids is not None
-                         else jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape))
+            positions = default_positions(input_ids, segment_ids)
         h = self.model.embed_tokens(input_ids)
         hidden = [h]
         new_cache = []

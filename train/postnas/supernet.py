@@ -31,9 +31,8 @@ from jet_jax.layers.attention import Attention
 from jet_jax.layers.decoder import make_mixer
 from jet_jax.layers.mlp import MLP
 from jet_jax.layers.norms import RMSNorm
-from jet_jax.layers.rope import positions_from_segments
-from jet_jax.model import JetNemotronForCausalLM
-from jet_jax.sharding import partitioned
+from jet_jax.model import (JetNemotronForCausalLM, default_positions, make_lm_head,
+                           make_token_embedding, output_logits)
 
 LINEAR, ATTN, SWA = 0, 1, 2
 CHOICE_NAMES = ("linear", "attn", "swa")
@@ -122,10 +121,8 @@ class SuperLayer(nnx.Module):
 class SuperModel(nnx.Module):
     def __init__(self, config: ModelConfig, block: str, *, enable_swa: bool, rngs: nnx.Rngs,
                  dtype, param_dtype):
-        self.embed_tokens = nnx.Embed(
-            config.vocab_size, config.hidden_size, dtype=dtype, param_dtype=param_dtype,
-            embedding_init=partitioned(nnx.initializers.normal(config.initializer_range), "vocab", "embed"),
-            rngs=rngs)
+        self.embed_tokens = make_token_embedding(config, rngs=rngs, dtype=dtype,
+                                                 param_dtype=param_dtype)
         self.layers = nnx.List([
             SuperLayer(config, block, enable_swa=enable_swa, rngs=rngs, dtype=dtype,
                        param_dtype=param_dtype)
@@ -154,8 +151,7 @@ class SuperNetwork(nnx.Module):
         self.model = SuperModel(config, block, enable_swa=enable_swa, rngs=rngs, dtype=dtype,
                                 param_dtype=param_dtype)
         if not config.tie_word_embeddings:
-            self.lm_head = nnx.Linear(config.hidden_size, config.vocab_size, use_bias=False,
-                                      dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+            self.lm_head = make_lm_head(config, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
 
     @property
     def num_layers(self) -> int:
@@ -171,16 +167,14 @@ class SuperNetwork(nnx.Module):
             raise ValueError(f"choice must have shape ({self.num_layers},), got {choice.shape}")
         choice = choice.astype(jnp.int32)
         if positions is None:
-            positions = (positions_from_segments(segment_ids) if segment_ids is not None
-                         else jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape))
+            positions = default_positions(input_ids, segment_ids)
         h = self.model.embed_tokens(input_ids)
         hidden = [h]
         for i, layer in enumerate(self.model.layers):
             h = layer(h, choice[i], positions=positions, segment_ids=segment_ids)
             hidden.append(h)
         h = self.model.norm(h)
-        logits = (self.model.embed_tokens.attend(h) if self.config.tie_word_embeddings
-                  else self.lm_head(h)).astype(jnp.float32)
+        logits = output_logits(self, h)
         return (logits, hidden) if return_hidden_states else logits
 
     # ---- construction from a teacher ----
