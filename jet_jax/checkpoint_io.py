@@ -14,8 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import jax
@@ -25,6 +23,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from jet_jax.config import JetBlockConfig, ModelConfig
+from jet_jax.staged_dir import copy_tokenizer_files, staged_directory
 
 FORMAT = "jet-jax-orbax"
 FORMAT_VERSION = 1
@@ -62,11 +61,6 @@ def _param_dtype(model) -> str:
     return dtypes.pop()
 
 
-def _refuse_non_empty(path: Path, overwrite: bool) -> None:
-    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
-        raise FileExistsError(f"{path} exists and is not empty; pass overwrite=True to replace it")
-
-
 def save_orbax(model, path: str | os.PathLike, *, overwrite: bool = False,
                tokenizer_from: str | os.PathLike | None = None) -> Path:
     """Write the model's parameters (in their own dtype) and config to `path`.
@@ -74,17 +68,12 @@ def save_orbax(model, path: str | os.PathLike, *, overwrite: bool = False,
     Written to a temporary sibling and moved into place; an existing non-empty `path` is
     refused unless `overwrite=True`.
     """
-    from jet_jax.convert.hf import TOKENIZER_FILES  # local: keeps this module light
-
     path = Path(path).absolute()
-    _refuse_non_empty(path, overwrite)
     cfg: ModelConfig = model.config
     meta = {"format": FORMAT, "version": FORMAT_VERSION, "param_dtype": _param_dtype(model),
             "config": config_to_dict(cfg)}
     state = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with staged_directory(path, overwrite=overwrite) as tmp:
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(tmp / PARAMS_DIR, state)
             ckptr.wait_until_finished()
@@ -93,17 +82,7 @@ def save_orbax(model, path: str | os.PathLike, *, overwrite: bool = False,
             cfg.save_json(tmp / "config.json")
         except ValueError:  # zoo layer types have no HF config.json form
             pass
-        if tokenizer_from is not None:
-            for name in TOKENIZER_FILES:
-                src = Path(tokenizer_from) / name
-                if src.is_file():
-                    shutil.copy2(src, tmp / name)
-        if path.exists():
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        copy_tokenizer_files(tokenizer_from, tmp)
     return path
 
 

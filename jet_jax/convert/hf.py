@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import jax
@@ -19,11 +17,10 @@ from safetensors.numpy import save_file
 from jet_jax.config import ModelConfig
 from jet_jax.convert.key_table import IGNORED_HF_SUFFIXES, key_table
 from jet_jax.model import JetNemotronForCausalLM
+from jet_jax.staged_dir import copy_tokenizer_files, staged_directory
 
 SAFE_INDEX = "model.safetensors.index.json"
 SAFE_SINGLE = "model.safetensors"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
-                   "merges.txt", "generation_config.json")
 
 
 class CheckpointMismatchError(ValueError):
@@ -132,25 +129,11 @@ def to_hf(model: JetNemotronForCausalLM, path: str | os.PathLike, *, dtype=jnp.b
     `overwrite=True`.
     """
     path = Path(path)
-    if path.exists() and any(path.iterdir()) and not overwrite:
-        raise FileExistsError(f"{path} exists and is not empty; pass overwrite=True to replace it")
-    tensors = model_to_hf_tensors(model, dtype)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with staged_directory(path, overwrite=overwrite) as tmp:
+        tensors = model_to_hf_tensors(model, dtype)
         model.config.save_json(tmp / "config.json")
         _write_shards(tensors, tmp, max_shard_bytes)
-        if tokenizer_from is not None:
-            for name in TOKENIZER_FILES:
-                src = Path(tokenizer_from) / name
-                if src.exists():
-                    shutil.copy2(src, tmp / name)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        copy_tokenizer_files(tokenizer_from, tmp)
     return path
 
 
