@@ -419,8 +419,11 @@ def pipeline(cfg: PostNASConfig) -> dict:
                 "same budget: `uniform` (evenly spaced, the paper's baseline) and `worst "
                 "searched` (the search's lowest-ranked placement). A row marked `= name` is "
                 "the same placement as that row (trained once). `kl_before_final` is the "
-                "sub-network's KL straight out of the super-network.")
-    rep.table(eval_rows)
+                "student's KL before this stage: "
+                + ("freshly initialised with the hardware search's shape." if shape_kw else
+                   "the sub-network straight out of the super-network."))
+    rep.table(eval_rows, ["model", "layer_types", *res.tasks, "kl_before_final", "objective",
+                          "decode_tokens_per_s", "cache_bytes"])
     rep.image(out / "final_kl.png", "final KL curves", out)
     rep.image(out / "supernet_kl.png", "super-network training", out)
     if exported:
