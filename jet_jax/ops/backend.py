@@ -1,6 +1,10 @@
-"""Selection of Pallas kernels behind the ops' `implementation=` switch (the recurrentgemma
-AUTO pattern): "pallas" demands the kernel, "auto" uses it only where it is built for the
-current backend and falls back to the XLA form elsewhere."""
+"""Selection of Pallas kernels behind the ops' `implementation=` switch.
+
+"pallas" demands the kernel (an ImportError naming it when it cannot be imported);
+"auto" uses it only when `pallas_kernels.verified` lists (op, current backend) -- a kernel
+that has passed the device check on that backend -- and otherwise returns None so the op
+runs its XLA form. Being built for a backend, or importable, is not enough for "auto".
+"""
 
 from __future__ import annotations
 
@@ -8,13 +12,29 @@ import importlib
 
 import jax
 
-ACCELERATOR_BACKENDS = ("gpu", "cuda", "rocm", "tpu")
+
+def current_backend() -> str:
+    """jax.default_backend(), with cuda/rocm reported as "gpu"."""
+    b = jax.default_backend()
+    return "gpu" if b in ("gpu", "cuda", "rocm") else b
 
 
-def select_pallas(op: str, module: str, name: str, implementation: str,
-                  backends: tuple[str, ...] = ACCELERATOR_BACKENDS):
+def auto_uses_pallas(op: str, backend: str | None = None) -> bool:
+    """True when `implementation="auto"` runs the Pallas kernel of `op` on `backend`
+    (default: the current one): only when it is recorded as verified there."""
+    backend = current_backend() if backend is None else backend
+    if backend == "cpu":
+        return False
+    try:
+        verified = importlib.import_module("pallas_kernels.verified")
+    except ImportError:
+        return False
+    return verified.is_verified(op, backend)
+
+
+def select_pallas(op: str, module: str, name: str, implementation: str):
     """The kernel `module.name` when `implementation` asks for it, else None (use XLA)."""
-    if implementation == "auto" and jax.default_backend() not in backends:
+    if implementation == "auto" and not auto_uses_pallas(op):
         return None
     if implementation not in ("auto", "pallas"):
         return None

@@ -10,7 +10,8 @@ zero, or comes from `conv_state` [B, C, W]: the last W inputs of a previous call
 (the decode cache layout, index W-1 = newest).
 
 `implementation="reference"` is the shifted-sum form below; "pallas" defers to
-`pallas_kernels.dynamic_conv`; "auto" picks pallas on GPU/TPU when importable.
+`pallas_kernels.dynamic_conv` (a TPU kernel); "auto" runs it only on a backend where
+`pallas_kernels.verified` records it as verified on a device (none yet), else the reference.
 """
 from __future__ import annotations
 
@@ -119,9 +120,9 @@ def dynamic_causal_conv(
         )
     _validate(x, kernels, segment_ids, conv_state, activation)
     if implementation in ("auto", "pallas"):
-        # The conv kernel is built for TPU only; "auto" keeps the XLA form on GPU.
+        # "auto": only where the kernel is recorded as verified (see jet_jax.ops.backend)
         fn = select_pallas("dynamic_causal_conv", "pallas_kernels.dynamic_conv", "dynamic_causal_conv_pallas",
-                           implementation, backends=("tpu",))
+                           implementation)
         if fn is not None:
             return fn(
                 x, kernels, segment_ids=segment_ids, conv_state=conv_state,

@@ -10,7 +10,8 @@ Per head, with a float32 state S: [Dk, Dv]:
 `implementation="recurrent"` is the reference (a lax.scan over tokens, sharing its
 step with `gated_delta_rule_step`); "chunked" is the chunkwise-parallel WY/UT form
 (chunk 64) tested against it and against outside oracles; "pallas" defers to
-`pallas_kernels.gdr`; "auto" picks pallas on GPU/TPU when importable, else chunked.
+`pallas_kernels.gdr`; "auto" runs pallas only on a backend where `pallas_kernels.verified`
+records the kernel as verified on a device (none yet), else chunked.
 """
 from __future__ import annotations
 
@@ -144,20 +145,38 @@ def _recurrent(q, k, v, g, beta, initial_state, segment_ids, *, scale, use_qk_l2
 # --------------------------------------------------------------------------- chunked
 
 
-def _unit_lower_inverse(A):
-    """(I + A)^-1 for strictly lower-triangular A: [..., C, C], by forward substitution.
+SOLVE_BLOCK = 16  # diagonal block of the UT-transform solve
 
-    Written with matmuls instead of `lax.linalg.triangular_solve`: jaxlib's batched CPU solve
-    spreads its batch over the thread pool it runs on and can deadlock when that pool is busy
-    (seen here with 8 host devices on 2 cores).
+
+def _unit_lower_solve(A, rhs):
+    """(I + A)^-1 rhs for strictly lower-triangular A: [..., C, C], rhs: [..., C, D].
+
+    Block forward substitution over SOLVE_BLOCK x SOLVE_BLOCK diagonal blocks, with no loop
+    primitive (nothing sequential in the compiled program; FLA's solve_tril has the same
+    structure): each diagonal block I + A_ii is inverted by 15 unrolled row steps, batched
+    over every block of every chunk, then block row i of the solution is
+    x_i = (I + A_ii)^-1 (rhs_i - A_i,<i x_<i) -- C/16 - 1 batched matmul steps.
+    Not `lax.linalg.triangular_solve`: jaxlib's batched CPU solve spreads its batch over the
+    thread pool it runs on and can deadlock when that pool is busy (seen here with 8 host
+    devices on 2 cores). Not a doubling series (I - A)(I + A^2)...: its powers reach
+    binomial sizes when the keys of a chunk are nearly parallel, and f32 cancels badly.
     """
     C = A.shape[-1]
-    eye = jnp.eye(C, dtype=A.dtype)
-
-    def row(i, inv):  # row i of the inverse needs only rows < i
-        return inv.at[..., i, :].set(eye[i] - jnp.einsum("...j,...jk->...k", A[..., i, :], inv))
-
-    return jax.lax.fori_loop(0, C, row, jnp.zeros_like(A))
+    nb = SOLVE_BLOCK if C % SOLVE_BLOCK == 0 else C
+    n = C // nb
+    eye = jnp.eye(nb, dtype=A.dtype)
+    # [..., n, nb, nb] diagonal blocks, inverted row by row (row i needs rows < i only)
+    diag = jnp.stack([A[..., i * nb:(i + 1) * nb, i * nb:(i + 1) * nb] for i in range(n)], axis=-3)
+    inv = jnp.broadcast_to(eye, diag.shape)
+    for i in range(1, nb):
+        inv = inv.at[..., i, :].set(eye[i] - jnp.einsum("...j,...jk->...k", diag[..., i, :i], inv[..., :i, :]))
+    xs = []
+    for i in range(n):
+        r = rhs[..., i * nb:(i + 1) * nb, :]
+        if i:
+            r = r - jnp.einsum("...ij,...jd->...id", A[..., i * nb:(i + 1) * nb, :i * nb], jnp.concatenate(xs, -2))
+        xs.append(jnp.einsum("...ij,...jd->...id", inv[..., i, :, :], r))
+    return jnp.concatenate(xs, -2)
 
 
 def _chunk_intra(q, k, v, g, beta, doc, doc_prev):
@@ -191,8 +210,8 @@ def _chunk_intra(q, k, v, g, beta, doc, doc_prev):
         eg, ed, dN = eg * first, ed * last_same, dN * carry
     Dv = v.shape[-1]
     rhs = jnp.concatenate([beta[..., None] * v, (beta * eg)[..., None] * k], axis=-1)
-    # (I + A) X = rhs, A strictly lower: forward substitution of the UT transform
-    x = jnp.einsum("...ij,...jd->...id", _unit_lower_inverse(A), rhs)
+    # (I + A) X = rhs, A strictly lower: the UT transform, by block forward substitution
+    x = _unit_lower_solve(A, rhs)
     u, w = x[..., :Dv], x[..., Dv:]
     P = jnp.einsum("bhnid,bhnjd->bhnij", q, k) * dec
     qg = q * eg[..., None]
@@ -226,18 +245,21 @@ def _chunked(q, k, v, g, beta, initial_state, segment_ids, *, scale, use_qk_l2no
     S0 = jnp.zeros((B, H, Dk, Dv), jnp.float32) if initial_state is None else initial_state.astype(jnp.float32)
 
     def chunk_body(S, xs):
-        u_n, w_n, qg_n, kd_n, d_n = xs
+        """The only sequential work: one chunk's state update (two matmuls)."""
+        u_n, w_n, kd_n, d_n = xs
         v_new = u_n - jnp.einsum("bhck,bhkv->bhcv", w_n, S)  # what S does not already predict
-        o_inter = jnp.einsum("bhck,bhkv->bhcv", qg_n, S)
-        S = d_n[..., None, None] * S + jnp.einsum("bhck,bhcv->bhkv", kd_n, v_new)
-        return S, (v_new, o_inter)
+        S_next = d_n[..., None, None] * S + jnp.einsum("bhck,bhcv->bhkv", kd_n, v_new)
+        return S_next, (S, v_new)
 
     def group_body(S, xs):
-        """G chunks: intra-chunk work batched over them, then their state recurrence."""
+        """G chunks: intra-chunk work batched over them, their state pass (a scan over
+        chunks), then the output of all G chunks at once from their start states."""
         u, w, P, qg, kd, dN = _chunk_intra(*xs)
         cm = lambda x: jnp.moveaxis(x, 2, 0)  # chunk-major for scan
-        S, (v_new, o_inter) = jax.lax.scan(chunk_body, S, tuple(map(cm, (u, w, qg, kd, dN))))
-        return S, jnp.moveaxis(o_inter, 0, 2) + jnp.einsum("bhnij,bhnjv->bhniv", P, jnp.moveaxis(v_new, 0, 2))
+        S, (S_start, v_new) = jax.lax.scan(chunk_body, S, tuple(map(cm, (u, w, kd, dN))))
+        S_start, v_new = jnp.moveaxis(S_start, 0, 2), jnp.moveaxis(v_new, 0, 2)
+        o = jnp.einsum("bhnck,bhnkv->bhncv", qg, S_start) + jnp.einsum("bhnij,bhnjv->bhniv", P, v_new)
+        return S, o
 
     # [B, H|1, N, ...] -> [NG, B, H|1, G, ...]; only the group-boundary states are saved for
     # the backward pass, which recomputes one group at a time (memory linear in T, small factor)
