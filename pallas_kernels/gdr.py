@@ -14,7 +14,12 @@ Layout of the switch (as in tokamax): this module does the cheap O(T) XLA work t
 differentiated by ordinary JAX autodiff (l2 norm, scale, transpose to [B, H, T, D], pad T
 to whole chunks, within-chunk cumsum of g, document-start counts), and one
 `jax.custom_vjp` function wraps the kernel pair of the selected backend:
-  backend "tpu": `gdr_tpu` (Mosaic TPU); "gpu": `gdr_gpu` (Pallas Triton, see there).
+  backend "tpu": `gdr_tpu` (Mosaic TPU); "gpu": `gdr_gpu` (Pallas Triton, kernels parallel
+  over chunks; see there). On a GPU (not interpreted) the kernels' modelled shared-memory
+  need is checked before launch (`block_sizes.check_gdr_gpu_smem`), and a
+  RESOURCE_EXHAUSTED from compiling/launching them is re-raised as KernelResourceError
+  naming the kernels and block sizes (when the call is eager: under an outer jit the
+  compile happens there, so the pre-launch check is the guard).
   backend=None picks "gpu" when jax.default_backend() is "gpu", else "tpu" (so on CPU
   the TPU kernel runs in interpret mode). interpret: see `resolve_interpret` (None means
   "interpret on CPU", with TPU semantics via `pltpu.InterpretParams` for the TPU kernel).
@@ -145,9 +150,19 @@ def gated_delta_rule_pallas(q, k, v, g, beta, *, scale=None, initial_state=None,
     if scale is None:
         scale = Dk ** -0.5
     chunk = block_sizes.gdr_chunk(backend)
+    if backend == "gpu" and interpret is False:
+        block_sizes.check_gdr_gpu_smem(Dk, Dv, chunk)   # refuse before launch, naming the kernel
     ops = prepare(q, k, v, g, beta, scale, segment_ids, use_qk_l2norm, chunk)
     h0 = (jnp.zeros((B, H, Dk, Dv), _F32) if initial_state is None
           else initial_state.astype(_F32))
-    o, ht = _core(backend, interpret, *ops, h0)
+    try:
+        o, ht = _core(backend, interpret, *ops, h0)
+    except Exception as e:  # noqa: BLE001 - re-raised, translated only when out of a resource
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        raise block_sizes.KernelResourceError(
+            f"pallas gated_delta_rule ({backend} kernels, chunk {chunk}, Dk {Dk}, Dv {Dv}, value blocks "
+            f"{block_sizes.GDR_GPU_BLOCK_V if backend == 'gpu' else Dv}) ran out of a device resource: "
+            f"{str(e).strip().splitlines()[0][:300]}") from e
     o = jnp.swapaxes(o[:, :, :T], 1, 2)
     return o, (ht if output_final_state else None)
