@@ -5,7 +5,7 @@
 
 Rows: jet_jax recurrent (lax.scan), jet_jax chunked XLA, Pallas (pallas_kernels.gdr), and,
 on a CUDA machine where FLA's Triton kernels run, FLA `chunk_gated_delta_rule` through
-torch on the same inputs. Each is timed forward and forward+backward (best of --iters
+torch on the same inputs (a row that fails prints why; the others still print). Each is timed forward and forward+backward (best of --iters
 runs after a warm-up/compile; min, since noise on a shared machine only adds time). Shapes: B=8,T=4096,H=12,Dk/Dv=96/256 and
 B=4,T=8192,H=16,Dk/Dv=128/256 (bf16 inputs, f32 state).
 
@@ -87,15 +87,30 @@ def _jax_fns(impl_fn):
     return fwd, fwd_bwd
 
 
-def _fla_rows(inputs, iters):
-    """FLA chunk_gated_delta_rule via torch on CUDA, or None when it cannot run here."""
+def _why(e):
+    msg = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {msg[0][:160] if msg else ''}"
+
+
+def try_time(fn, args, iters):
+    """_time(fn, args, iters) in seconds, or a one-line 'failed: ...' string (the row still prints)."""
+    try:
+        return _time(fn, args, iters)
+    except Exception as e:                               # noqa: BLE001 - one row must not lose the table
+        return "failed: " + _why(e)
+
+
+def fla_times(inputs, iters):
+    """[fwd, fwd+bwd] of FLA chunk_gated_delta_rule via torch on CUDA: seconds, or a string
+    saying why that pass did not run (no CUDA torch, no FLA, or FLA refusing, e.g. its
+    backward on Hopper with triton < 3.7.1)."""
     try:
         import torch
         if not torch.cuda.is_available():
-            return None
+            return ["not run: torch has no CUDA device"] * 2
         from fla.ops.gated_delta_rule import chunk_gated_delta_rule
-    except Exception:                                    # noqa: BLE001 - optional row
-        return None
+    except Exception as e:                               # noqa: BLE001 - optional row
+        return ["not run: " + _why(e)] * 2
     dev = "cuda"
     tq, tk, tv = (torch.tensor(np.asarray(x.astype(jnp.float32)), device=dev).to(torch.bfloat16)
                   for x in inputs[:3])
@@ -109,15 +124,18 @@ def _fla_rows(inputs, iters):
 
     out = []
     for bwd in (False, True):
-        run(bwd)
-        torch.cuda.synchronize()
-        ts = []
-        for _ in range(iters):
-            t0 = time.perf_counter()
+        try:
             run(bwd)
             torch.cuda.synchronize()
-            ts.append(time.perf_counter() - t0)
-        out.append(min(ts))
+            ts = []
+            for _ in range(iters):
+                t0 = time.perf_counter()
+                run(bwd)
+                torch.cuda.synchronize()
+                ts.append(time.perf_counter() - t0)
+            out.append(min(ts))
+        except Exception as e:                           # noqa: BLE001 - e.g. FLA's Hopper refusal
+            out.append("failed: " + _why(e))
     return out
 
 
@@ -177,19 +195,19 @@ def main(argv=None):
         rows = []
         for name, fn in impls:
             fwd, fwd_bwd = _jax_fns(fn)
-            rows.append((name, _time(fwd, inputs, iters), _time(fwd_bwd, inputs, iters)))
-        fla = None if on_cpu else _fla_rows(inputs, iters)
-        if fla is not None:
-            rows.append(("fla chunk (torch)", *fla))
+            rows.append((name, try_time(fwd, inputs, iters), try_time(fwd_bwd, inputs, iters)))
+        if not on_cpu:
+            rows.append(("fla chunk (torch)", *fla_times(inputs, iters)))
         label = f"{B},{T},{H},{Dk}/{Dv}"
         for name, t_f, t_fb in rows:
             for pass_name, t, mult in (("fwd", t_f, 1), ("fwd+bwd", t_fb, 3)):
+                if not isinstance(t, float):             # the row says why and the table goes on
+                    print(f"{label:<22} {name:<22} {pass_name:<8} {t}")
+                    continue
                 f = flops * mult
                 roof = min(peak, f / (nbytes * (1 if mult == 1 else 2)) * bw)
                 print(f"{label:<22} {name:<22} {pass_name:<8} {t * 1e3:>10.2f} "
                       f"{f / t / 1e12:>9.4f} {100 * f / t / roof:>9.1f}%")
-        if fla is None and not on_cpu:
-            print(f"{label:<22} fla chunk (torch)      (not run: needs torch CUDA + FLA)")
 
 
 if __name__ == "__main__":

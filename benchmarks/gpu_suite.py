@@ -1,0 +1,265 @@
+"""Device suite for the gated delta rule: correctness, kernel table vs FLA, throughput; one call.
+
+Sized for one `run` of at most ~7 minutes on an H100/H200. Writes every table to one
+markdown file (--out; default $OUT/gpu_suite.md when $OUT is set, else ./gpu_suite.md)
+and prints them as it goes. A failing row prints why; the rest still run.
+
+  (a) correctness on the device: every implementation (recurrent, chunked XLA, pallas =
+      pallas_kernels.gdr_gpu) against the float32 recurrent reference computed on the same
+      device at HIGHEST matmul precision: output, final state and all six gradients, as
+      max|err|/max|ref|; cases with packed documents (segment ids), T not a multiple of 64,
+      Dk != Dv, an initial state; f32 and bf16 inputs. A kernel may be added to
+      pallas_kernels/verified.py for this backend only after its rows here PASS; the suite
+      prints the entry to paste (device, date, commit, max error, this command).
+  (b) kernel table at the model's shapes (bf16 inputs, f32 state): chunked XLA, pallas and
+      FLA `chunk_gated_delta_rule` (torch, Triton), forward and forward+backward, with the
+      ratio to FLA. FLA 0.6.0's backward refuses to run on Hopper with triton < 3.7.1
+      (FLA issue #640): that row prints the refusal.
+  (c) throughput rows: `benchmarks/throughput.py` (prefill/decode of the student vs the
+      teacher) run as a subprocess with --throughput-args, cut off after
+      --throughput-timeout seconds.
+
+The exact device call for the next session (FLA is not on the GPU image; it travels as
+the pure-Python fla-core wheel, see /work/.library/device/README.md). Once, here, in the
+repository root:
+
+    echo /.whl/ >> .git/info/exclude
+    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+        --implementation cp --platform manylinux_2_28_x86_64 -d .whl fla-core==0.6.0
+
+then `run` with carry [".whl"], timeout_s 480, and the command:
+
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit; \
+    PYTHONUNBUFFERED=1 python3 benchmarks/gpu_suite.py --out $OUT/gpu_suite.md
+
+On CPU (`--cpu`): tiny shapes, the Pallas kernels in interpret mode, FLA and the
+throughput rows skipped -- a check that the script runs, not a measurement.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import shlex
+import subprocess
+import sys
+import time
+import traceback
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import kernels as kb  # noqa: E402
+
+NAMES = ("o", "final_state", "dq", "dk", "dv", "dg", "dbeta", "dh0")
+TOL = {"float32": {"recurrent": 1e-5, "chunked": 2e-3, "pallas": 1e-4},
+       "bfloat16": {"recurrent": 2e-2, "chunked": 2e-2, "pallas": 2e-2}}
+
+
+class Report:
+    """Collects markdown; echoes each line to stdout."""
+
+    def __init__(self):
+        self.lines = []
+
+    def __call__(self, line=""):
+        print(line, flush=True)
+        self.lines.append(line)
+
+    def table(self, header, rows):
+        self("| " + " | ".join(header) + " |")
+        self("|" + "---|" * len(header))
+        for r in rows:
+            self("| " + " | ".join(str(x) for x in r) + " |")
+        self()
+
+
+def _commit():
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except Exception:                                    # noqa: BLE001 - the copy may have no .git
+        return "unknown"
+
+
+def _case_inputs(B, T, H, Dk, Dv, seed):
+    rng = np.random.default_rng(seed)
+    f = lambda *s: rng.standard_normal(s).astype(np.float32)
+    seg = np.zeros((B, T), np.int32)
+    for b in range(B):                                  # 3 documents per row, cuts off chunk edges
+        for c in np.sort(rng.choice(np.arange(1, T), size=min(2, T - 1), replace=False)):
+            seg[b, c:] += 1
+    return dict(q=f(B, T, H, Dk), k=f(B, T, H, Dk), v=f(B, T, H, Dv),
+                g=np.log(rng.uniform(0.85, 1.0, (B, T, H))).astype(np.float32),
+                beta=rng.uniform(0, 1, (B, T, H)).astype(np.float32), h0=f(B, H, Dk, Dv) * 0.1,
+                seg=seg, wo=f(B, T, H, Dv), ws=f(B, H, Dk, Dv))
+
+
+def _fwd_bwd(impl, d, dtype, interpret):
+    from jet_jax.ops.gated_delta_rule import gated_delta_rule
+    from pallas_kernels.gdr import gated_delta_rule_pallas
+    seg = jnp.asarray(d["seg"])
+
+    def f(q, k, v, g, beta, h0):
+        kw = dict(initial_state=h0, output_final_state=True, segment_ids=seg)
+        if impl == "pallas":
+            return gated_delta_rule_pallas(q, k, v, g, beta, interpret=interpret, backend="gpu", **kw)
+        return gated_delta_rule(q, k, v, g, beta, implementation=impl, **kw)
+
+    @jax.jit
+    def run(q, k, v, g, beta, h0):
+        (o, ht), vjp = jax.vjp(f, q, k, v, g, beta, h0)
+        return o, ht, vjp((jnp.asarray(d["wo"]).astype(o.dtype), jnp.asarray(d["ws"])))
+
+    args = [jnp.asarray(d[n]).astype(dtype) for n in ("q", "k", "v")] + [jnp.asarray(d[n]) for n in ("g", "beta", "h0")]
+    o, ht, grads = run(*args)
+    return [np.asarray(x.astype(jnp.float32)) for x in (o, ht, *grads)]
+
+
+def correctness(rep, cpu):
+    rep("## (a) correctness against the f32 recurrent reference (same device)")
+    rep()
+    cases = ([(1, 70, 2, 24, 40)] if cpu else [(2, 1000, 4, 96, 256), (1, 333, 2, 128, 64)])
+    rows, worst = [], {}
+    for (B, T, H, Dk, Dv) in cases:
+        d = _case_inputs(B, T, H, Dk, Dv, seed=T)
+        with jax.default_matmul_precision("highest"):
+            ref = _fwd_bwd("recurrent", d, jnp.float32, interpret=None)
+        for dtype in (jnp.float32, jnp.bfloat16):
+            dn = jnp.dtype(dtype).name
+            if dtype == jnp.bfloat16:                   # the reference sees the same bf16-rounded inputs
+                d = dict(d, **{n: np.asarray(jnp.asarray(d[n]).astype(dtype).astype(jnp.float32))
+                               for n in ("q", "k", "v")})
+                with jax.default_matmul_precision("highest"):
+                    ref = _fwd_bwd("recurrent", d, jnp.float32, interpret=None)
+            for impl in ("recurrent", "chunked", "pallas"):
+                label = f"{B},{T},{H},{Dk}/{Dv} segs+h0 {dn}"
+                try:
+                    got = _fwd_bwd(impl, d, dtype, interpret="plain" if cpu else False)
+                    errs = [float(np.max(np.abs(a - r)) / max(np.max(np.abs(r)), 1e-30)) for a, r in zip(got, ref)]
+                    bad = [n for n, e in zip(NAMES, errs) if not np.isfinite(e) or e > TOL[dn][impl]]
+                    worst[impl] = max(worst.get(impl, 0.0), max(errs)) if not bad else float("inf")
+                    rows.append([label, impl, *(f"{e:.2e}" for e in errs),
+                                 "PASS" if not bad else "FAIL " + ",".join(bad)])
+                except Exception as e:                   # noqa: BLE001 - a failing row says why
+                    rows.append([label, impl, *(["-"] * len(NAMES)), f"ERROR {type(e).__name__}: "
+                                 f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"])
+                    worst[impl] = float("inf")
+    rep.table(["shape B,T,H,Dk/Dv", "impl", *NAMES, f"result (tol f32 {TOL['float32']}, bf16 2e-2)"], rows)
+    return rows, worst
+
+
+def kernel_table(rep, cpu, iters):
+    rep("## (b) kernel table (bf16 inputs, f32 state): ms, best of %d" % iters)
+    rep()
+    from jet_jax.ops.gated_delta_rule import gated_delta_rule
+    from pallas_kernels.gdr import gated_delta_rule_pallas
+    shapes = [(1, 128, 2, 32, 64)] if cpu else [(8, 4096, 12, 96, 256), (4, 8192, 16, 128, 256)]
+    dtype = jnp.float32 if cpu else jnp.bfloat16
+    impls = [("jet_jax chunked (XLA)", lambda *a: gated_delta_rule(*a, implementation="chunked")),
+             ("pallas gdr_gpu", lambda *a: gated_delta_rule_pallas(*a, interpret="plain" if cpu else False,
+                                                                    backend="gpu"))]
+    rows = []
+    for shape in shapes:
+        inputs = kb._inputs(*shape, dtype)
+        label = ",".join(map(str, shape[:3])) + f",{shape[3]}/{shape[4]}"
+        fla = kb.fla_times(inputs, iters)
+        for name, fn in impls:
+            fwd, fwd_bwd = kb._jax_fns(fn)
+            t = [kb.try_time(fwd, inputs, iters), kb.try_time(fwd_bwd, inputs, iters)]
+            rows.append([label, name, *(_ms(x) for x in t), *(_ratio(x, f) for x, f in zip(t, fla))])
+        rows.append([label, "FLA chunk_gated_delta_rule", *(_ms(x) for x in fla), *(_ratio(f, f) for f in fla)])
+    rep.table(["shape B,T,H,Dk/Dv", "impl", "fwd ms", "fwd+bwd ms", "fwd vs FLA", "fwd+bwd vs FLA"], rows)
+    rep("(ratio = FLA time / this time: > 1 is faster than FLA)")
+    rep()
+
+
+def _ms(x):
+    return f"{x * 1e3:.2f}" if isinstance(x, float) else x
+
+
+def _ratio(x, f):
+    return f"{f / x:.2f}x" if isinstance(x, float) and isinstance(f, float) else "-"
+
+
+def throughput(rep, cpu, args_str, timeout):
+    rep("## (c) throughput rows (benchmarks/throughput.py %s)" % args_str)
+    rep()
+    if cpu:
+        rep("skipped with --cpu")
+        return
+    cmd = [sys.executable, "benchmarks/throughput.py", *shlex.split(args_str)]
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        rep("```")
+        for line in (p.stdout.strip().splitlines() or ["(no output)"]):
+            rep(line)
+        if p.returncode:
+            rep(f"exit code {p.returncode}; stderr tail:")
+            for line in p.stderr.strip().splitlines()[-8:]:
+                rep(line)
+        rep("```")
+    except subprocess.TimeoutExpired as e:
+        rep(f"cut off after {timeout} s; partial output:")
+        rep("```")
+        for line in (e.stdout or b"").decode(errors="replace").strip().splitlines()[-20:]:
+            rep(line)
+        rep("```")
+    rep()
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default_out = os.path.join(os.environ["OUT"], "gpu_suite.md") if os.environ.get("OUT") else "gpu_suite.md"
+    p.add_argument("--out", default=default_out)
+    p.add_argument("--cpu", action="store_true", help="tiny shapes, interpret mode: a smoke run of the script")
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--skip", default="", help="comma-separated parts to skip: a,b,c")
+    p.add_argument("--throughput-args", default="--student jet-nemotron-2b --teacher qwen2.5-1.5b "
+                   "--contexts 4096,16384 --budget-gib 60")
+    p.add_argument("--throughput-timeout", type=int, default=150)
+    args = p.parse_args(argv)
+    skip = set(filter(None, args.skip.split(",")))
+    rep = Report()
+    t0 = time.perf_counter()
+    dev = jax.devices()[0]
+    rep(f"# gated delta rule device suite -- {dev.device_kind} ({jax.default_backend()}), jax {jax.__version__}, "
+        f"commit {_commit()}, {datetime.date.today().isoformat()}")
+    rep()
+    parts = [("a", lambda: correctness(rep, args.cpu)), ("b", lambda: kernel_table(rep, args.cpu, args.iters)),
+             ("c", lambda: throughput(rep, args.cpu, args.throughput_args, args.throughput_timeout))]
+    worst = None
+    for key, fn in parts:
+        if key in skip:
+            continue
+        try:
+            out = fn()
+            if key == "a":
+                worst = out[1]
+        except Exception:                                 # noqa: BLE001 - keep the other parts
+            rep(f"part ({key}) failed:")
+            rep("```")
+            for line in traceback.format_exc().strip().splitlines()[-10:]:
+                rep(line)
+            rep("```")
+    if worst is not None and not args.cpu and np.isfinite(worst.get("pallas", np.inf)):
+        rep("Pallas passed (a). Entry for pallas_kernels/verified.py:")
+        rep("```")
+        rep(f'Verification("gated_delta_rule", "gpu", {dev.device_kind!r}, '
+            f'"{datetime.date.today().isoformat()}", "{_commit()}", {worst["pallas"]:.2e}, '
+            f'"python3 benchmarks/gpu_suite.py")')
+        rep("```")
+    rep(f"suite wall time {time.perf_counter() - t0:.0f} s")
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        f.write("\n".join(rep.lines) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
