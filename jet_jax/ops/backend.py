@@ -32,9 +32,15 @@ def auto_uses_pallas(op: str, backend: str | None = None) -> bool:
     return verified.is_verified(op, backend)
 
 
-def select_pallas(op: str, module: str, name: str, implementation: str):
-    """The kernel `module.name` when `implementation` asks for it, else None (use XLA)."""
-    if implementation == "auto" and not auto_uses_pallas(op):
+def select_pallas(op: str, module: str, name: str, implementation: str,
+                  backends: tuple[str, ...] | None = None):
+    """The kernel `module.name` when `implementation` asks for it, else None (use XLA).
+
+    backends: optionally, the only backends the kernel is built for ("auto" additionally
+    requires the current backend to be one of them; the verified table decides first).
+    """
+    if implementation == "auto" and (not auto_uses_pallas(op)
+                                     or (backends is not None and current_backend() not in backends)):
         return None
     if implementation not in ("auto", "pallas"):
         return None
