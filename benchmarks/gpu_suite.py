@@ -8,11 +8,12 @@ and prints them as it goes. A failing row prints why; the rest still run.
       pallas_kernels.gdr_gpu) against the float32 recurrent reference computed on the same
       device at HIGHEST matmul precision: output, final state and all six gradients, as
       max|err|/max|ref|; cases with packed documents (segment ids), T not a multiple of 64,
-      Dk != Dv, an initial state; f32 and bf16 inputs. A kernel may be added to
+      Dk != Dv, an initial state; f32 and bf16 inputs; the Pallas kernels with IEEE f32
+      ("highest") and with tf32 dots. A kernel may be added to
       pallas_kernels/verified.py for this backend only after its rows here PASS; the suite
       prints the entry to paste (device, date, commit, max error, this command).
   (b) kernel table at the model's shapes (bf16 inputs, f32 state): chunked XLA, pallas and
-      FLA `chunk_gated_delta_rule` (torch, Triton), forward and forward+backward, with the
+      FLA `chunk_gated_delta_rule` (torch, Triton; bf16 operands in its dots), forward and forward+backward, with the
       ratio to FLA. FLA 0.6.0's backward refuses to run on Hopper with triton < 3.7.1
       (FLA issue #640): that row prints the refusal.
   (c) throughput rows: `benchmarks/throughput.py` (prefill/decode of the student vs the
@@ -56,8 +57,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import kernels as kb  # noqa: E402
 
 NAMES = ("o", "final_state", "dq", "dk", "dv", "dg", "dbeta", "dh0")
-TOL = {"float32": {"recurrent": 1e-5, "chunked": 2e-3, "pallas": 1e-4},
-       "bfloat16": {"recurrent": 2e-2, "chunked": 2e-2, "pallas": 2e-2}}
+TOL = {"float32": {"recurrent": 1e-5, "chunked": 2e-3, "pallas": 1e-4, "pallas-tf32": 2e-3},
+       "bfloat16": {"recurrent": 2e-2, "chunked": 2e-2, "pallas": 2e-2, "pallas-tf32": 2e-2}}
 
 
 class Report:
@@ -106,8 +107,9 @@ def _fwd_bwd(impl, d, dtype, interpret):
 
     def f(q, k, v, g, beta, h0):
         kw = dict(initial_state=h0, output_final_state=True, segment_ids=seg)
-        if impl == "pallas":
-            return gated_delta_rule_pallas(q, k, v, g, beta, interpret=interpret, backend="gpu", **kw)
+        if impl.startswith("pallas"):
+            return gated_delta_rule_pallas(q, k, v, g, beta, interpret=interpret, backend="gpu",
+                                           precision="tf32" if impl == "pallas-tf32" else "highest", **kw)
         return gated_delta_rule(q, k, v, g, beta, implementation=impl, **kw)
 
     @jax.jit
@@ -136,7 +138,7 @@ def correctness(rep, cpu):
                                for n in ("q", "k", "v")})
                 with jax.default_matmul_precision("highest"):
                     ref = _fwd_bwd("recurrent", d, jnp.float32, interpret=None)
-            for impl in ("recurrent", "chunked", "pallas"):
+            for impl in ("recurrent", "chunked", "pallas", "pallas-tf32"):
                 label = f"{B},{T},{H},{Dk}/{Dv} segs+h0 {dn}"
                 try:
                     got = _fwd_bwd(impl, d, dtype, interpret="plain" if cpu else False)
@@ -162,7 +164,9 @@ def kernel_table(rep, cpu, iters):
     dtype = jnp.float32 if cpu else jnp.bfloat16
     impls = [("jet_jax chunked (XLA)", lambda *a: gated_delta_rule(*a, implementation="chunked")),
              ("pallas gdr_gpu", lambda *a: gated_delta_rule_pallas(*a, interpret="plain" if cpu else False,
-                                                                    backend="gpu"))]
+                                                                    backend="gpu")),
+             ("pallas gdr_gpu, tf32 dots", lambda *a: gated_delta_rule_pallas(
+                 *a, interpret="plain" if cpu else False, backend="gpu", precision="tf32"))]
     rows = []
     for shape in shapes:
         inputs = kb._inputs(*shape, dtype)

@@ -2,7 +2,8 @@
 
     gated_delta_rule_pallas(q, k, v, g, beta, *, scale=None, initial_state=None,
                             output_final_state=False, segment_ids=None,
-                            use_qk_l2norm=True, interpret=None, backend=None)
+                            use_qk_l2norm=True, interpret=None, backend=None,
+                            precision="highest")
         -> (o [B, T, H, Dv] in v.dtype, final_state [B, H, Dk, Dv] f32 or None)
 
 q, k [B, T, H, Dk]; v [B, T, H, Dv]; g (log decay, <= 0) and beta [B, T, H];
@@ -73,32 +74,33 @@ def resolve_interpret(interpret, backend):
     return interpret
 
 
-def _kernels(backend):
+def _kernels(backend, precision):
     if backend == "tpu":
         from pallas_kernels import gdr_tpu
         return gdr_tpu.gdr_fwd_tpu, gdr_tpu.gdr_bwd_tpu
     from pallas_kernels import gdr_gpu
-    return gdr_gpu.gdr_fwd_gpu, gdr_gpu.gdr_bwd_gpu
+    return (functools.partial(gdr_gpu.gdr_fwd_gpu, prec=precision),
+            functools.partial(gdr_gpu.gdr_bwd_gpu, prec=precision))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _core(backend, interpret, q, k, v, gc_col, gc_row, sc_col, sc_row, beta_col, h0):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _core(backend, interpret, precision, q, k, v, gc_col, gc_row, sc_col, sc_row, beta_col, h0):
     """Kernel pair behind one custom VJP. Shapes as in `gdr_tpu`. Returns o, ht."""
-    fwd, _ = _kernels(backend)
+    fwd, _ = _kernels(backend, precision)
     o, _, ht = fwd(q, k, v, gc_col, gc_row, sc_col, sc_row, beta_col, h0, interpret=interpret)
     return o, ht
 
 
-def _core_fwd(backend, interpret, q, k, v, gc_col, gc_row, sc_col, sc_row, beta_col, h0):
-    fwd, _ = _kernels(backend)
+def _core_fwd(backend, interpret, precision, q, k, v, gc_col, gc_row, sc_col, sc_row, beta_col, h0):
+    fwd, _ = _kernels(backend, precision)
     o, states, ht = fwd(q, k, v, gc_col, gc_row, sc_col, sc_row, beta_col, h0, interpret=interpret)
     return (o, ht), (q, k, v, gc_col, gc_row, sc_col, sc_row, beta_col, h0, states)
 
 
-def _core_bwd(backend, interpret, res, cts):
+def _core_bwd(backend, interpret, precision, res, cts):
     q, k, v, gc_col, gc_row, sc_col, sc_row, beta_col, h0, states = res
     do, dht = cts
-    _, bwd = _kernels(backend)
+    _, bwd = _kernels(backend, precision)
     dq, dk, dv, dgcc, dgcr, db, dh0 = bwd(q, k, v, gc_col, gc_row, sc_col, sc_row, beta_col,
                                           states, do, dht.astype(_F32), interpret=interpret)
     return (dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), dgcc, dgcr,
@@ -141,8 +143,14 @@ def prepare(q, k, v, g, beta, scale, segment_ids, use_qk_l2norm, chunk):
 
 def gated_delta_rule_pallas(q, k, v, g, beta, *, scale=None, initial_state=None,
                             output_final_state=False, segment_ids=None, use_qk_l2norm=True,
-                            interpret=None, backend=None):
-    """See the module docstring. Returns (o [B, T, H, Dv], final_state [B, H, Dk, Dv] | None)."""
+                            interpret=None, backend=None, precision="highest"):
+    """See the module docstring. Returns (o [B, T, H, Dv], final_state [B, H, Dk, Dv] | None).
+
+    precision: the GPU kernels' f32 matmuls, "highest" (IEEE f32) or "tf32" (matrix-unit
+    f32 mode); the TPU kernels always use HIGHEST.
+    """
+    if precision not in ("highest", "tf32"):
+        raise ValueError(f"gated_delta_rule_pallas: precision must be 'highest' or 'tf32', got {precision!r}")
     backend = resolve_backend(backend)
     interpret = resolve_interpret(interpret, backend)
     B, T, H, Dk = q.shape
@@ -156,7 +164,7 @@ def gated_delta_rule_pallas(q, k, v, g, beta, *, scale=None, initial_state=None,
     h0 = (jnp.zeros((B, H, Dk, Dv), _F32) if initial_state is None
           else initial_state.astype(_F32))
     try:
-        o, ht = _core(backend, interpret, *ops, h0)
+        o, ht = _core(backend, interpret, precision, *ops, h0)
     except Exception as e:  # noqa: BLE001 - re-raised, translated only when out of a resource
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise

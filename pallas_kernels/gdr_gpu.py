@@ -55,10 +55,33 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from pallas_kernels import block_sizes
-from pallas_kernels.gdr_chunk import SOLVE_BLOCK, chunk_backward, dot_nn, dot_nt, dot_tn
+from pallas_kernels.gdr_chunk import SOLVE_BLOCK, chunk_backward
 
 _F32 = jnp.float32
 NB = SOLVE_BLOCK
+# Matmul precision of the kernels' f32 dots: "highest" (IEEE f32 on the GPU: the default,
+# what the tests and the device suite's correctness part verify) or "tf32" (the matrix
+# units' f32 mode, ~3e-4 relative per product; faster, to be measured by the suite).
+PRECISIONS = {"highest": lax.Precision.HIGHEST, "tf32": lax.Precision.DEFAULT}
+
+
+def _dot(a, b, dims, prec):
+    return lax.dot_general(a, b, (dims, ((), ())), precision=PRECISIONS[prec], preferred_element_type=_F32)
+
+
+def dot_nn(a, b, prec):
+    """a [M, K] @ b [K, N] -> [M, N] f32."""
+    return _dot(a, b, ((1,), (0,)), prec)
+
+
+def dot_nt(a, b, prec):
+    """a [M, K] @ b [N, K]^T -> [M, N] f32."""
+    return _dot(a, b, ((1,), (1,)), prec)
+
+
+def dot_tn(a, b, prec):
+    """a [K, M]^T @ b [K, N] -> [M, N] f32."""
+    return _dot(a, b, ((0,), (0,)), prec)
 
 
 def _pow2(n):
@@ -112,14 +135,14 @@ def _decay(gc_col, sc_col, gc_row, sc_row, row0, col0, strict):
     return jnp.where(keep, jnp.exp(jnp.where(keep, gc_col - gc_row, 0.0)), 0.0)
 
 
-def _diag_inverse(a):
+def _diag_inverse(a, prec):
     """(I + a)^-1 for strictly lower a [NB, NB] f32: forward substitution, one masked
     matmul per row (row i of the inverse needs only rows < i, already final)."""
     n = a.shape[0]
     row = lax.broadcasted_iota(jnp.int32, (n, n), 0)
     eye = (row == lax.broadcasted_iota(jnp.int32, (n, n), 1)).astype(_F32)
     t = -a
-    t = lax.fori_loop(1, n, lambda i, t: t + dot_nn(jnp.where(row == i, t, 0.0), t), t)
+    t = lax.fori_loop(1, n, lambda i, t: t + dot_nn(jnp.where(row == i, t, 0.0), t, prec), t)
     return t + eye
 
 
@@ -127,7 +150,7 @@ def _diag_inverse(a):
 
 
 def _local_kernel(k_ref, v_ref, gcc_ref, gcr_ref, scc_ref, scr_ref, b_ref, w_ref, u_ref, *,
-                  C, H, BV, NV):
+                  C, H, BV, NV, prec):
     """One chunk: w = T (beta k carry), u = T (beta v), T = (I + A)^-1 by 16-block substitution."""
     c, bh = pl.program_id(0), pl.program_id(1)
     bi = lax.div(bh, H)
@@ -151,37 +174,37 @@ def _local_kernel(k_ref, v_ref, gcc_ref, gcr_ref, scc_ref, scr_ref, b_ref, w_ref
             cs = pl.ds(j * NB, NB)
             dec = _decay(gcc_i, scc_i, gcr_ref[bh, c, :, cs], scr_ref[bi, c, :, cs],
                          i * NB, j * NB, strict=True)
-            a_row.append(dot_nt(k_i * beta_i, k_j) * dec)
-        d_inv = _diag_inverse(a_row[i])
+            a_row.append(dot_nt(k_i * beta_i, k_j, prec) * dec)
+        d_inv = _diag_inverse(a_row[i], prec)
         t[i, i] = d_inv
         for j in range(i):
-            acc = sum(dot_nn(a_row[m], t[m, j]) for m in range(j, i))
-            t[i, j] = -dot_nn(d_inv, acc)
+            acc = sum(dot_nn(a_row[m], t[m, j], prec) for m in range(j, i))
+            t[i, j] = -dot_nn(d_inv, acc, prec)
     for i in range(n):
         ts_i = blocks[i][0]
         w = 0.0
         for j in range(i + 1):
             _, k_j, gcc_j, scc_j, beta_j = blocks[j]
             carry_j, _, _ = _gates(gcc_j, scc_j, gcr, scr)
-            w = w + dot_nn(t[i, j], k_j * (beta_j * carry_j))
+            w = w + dot_nn(t[i, j], k_j * (beta_j * carry_j), prec)
         w_ref[bh, ts_i, :] = w
         for iv in range(NV):
             vs = pl.ds(iv * BV, BV)
             u = 0.0
             for j in range(i + 1):
                 ts_j, _, _, _, beta_j = blocks[j]
-                u = u + dot_nn(t[i, j], v_ref[bh, ts_j, vs].astype(_F32) * beta_j)
+                u = u + dot_nn(t[i, j], v_ref[bh, ts_j, vs].astype(_F32) * beta_j, prec)
             u_ref[bh, ts_i, vs] = u
 
 
-def _local(k, v, gcc, gcr, scc, scr, beta, *, H, interpret):
+def _local(k, v, gcc, gcr, scc, scr, beta, *, H, interpret, prec):
     """w [BH, Tp, Dk] f32, u [BH, Tp, Dv] f32 for every chunk (kernel 1)."""
     BH, Tp, Dk = k.shape
     Dv = v.shape[-1]
     NT, C = gcr.shape[1], gcr.shape[3]
     BV = block_sizes.gdr_gpu_block_v("local", Dv)
     return pl.pallas_call(
-        functools.partial(_local_kernel, C=C, H=H, BV=BV, NV=Dv // BV),
+        functools.partial(_local_kernel, C=C, H=H, BV=BV, NV=Dv // BV, prec=prec),
         grid=(NT, BH),
         out_shape=[jax.ShapeDtypeStruct((BH, Tp, Dk), _F32), jax.ShapeDtypeStruct((BH, Tp, Dv), _F32)],
         compiler_params=_compiler_params(), interpret=interpret, name="gdr_gpu_local",
@@ -189,7 +212,7 @@ def _local(k, v, gcc, gcr, scc, scr, beta, *, H, interpret):
 
 
 def _state_kernel(w_ref, u_ref, k_ref, gcc_ref, gcr_ref, scc_ref, scr_ref, h0_ref,
-                  states_ref, vn_ref, ht_ref, *, NT, C, H, BV):
+                  states_ref, vn_ref, ht_ref, *, NT, C, H, BV, prec):
     iv, bh = pl.program_id(0), pl.program_id(1)
     bi = lax.div(bh, H)
     vs = pl.ds(iv * BV, BV)
@@ -199,41 +222,41 @@ def _state_kernel(w_ref, u_ref, k_ref, gcc_ref, gcr_ref, scc_ref, scr_ref, h0_re
         _, to_end, carry_end = _gates(gcc_ref[bh, ts, :], scc_ref[bi, ts, :], gcr_ref[bh, c, :, :],
                                       scr_ref[bi, c, :, :])
         states_ref[bh, c, :, vs] = s
-        vn = u_ref[bh, ts, vs] - dot_nn(w_ref[bh, ts, :], s)
+        vn = u_ref[bh, ts, vs] - dot_nn(w_ref[bh, ts, :], s, prec)
         vn_ref[bh, ts, vs] = vn
-        return carry_end * s + dot_tn(k_ref[bh, ts, :].astype(_F32) * to_end, vn)
+        return carry_end * s + dot_tn(k_ref[bh, ts, :].astype(_F32) * to_end, vn, prec)
 
     ht_ref[bh, :, vs] = lax.fori_loop(0, NT, body, h0_ref[bh, :, vs])
 
 
 def _output_kernel(q_ref, k_ref, gcc_ref, gcr_ref, scc_ref, scr_ref, states_ref, vn_ref, o_ref, *,
-                   C, H, BV):
+                   C, H, BV, prec):
     iv, c, bh = pl.program_id(0), pl.program_id(1), pl.program_id(2)
     bi = lax.div(bh, H)
     vs, ts = pl.ds(iv * BV, BV), pl.ds(c * C, C)
     gcc, scc, gcr, scr = gcc_ref[bh, ts, :], scc_ref[bi, ts, :], gcr_ref[bh, c, :, :], scr_ref[bi, c, :, :]
     carry, _, _ = _gates(gcc, scc, gcr, scr)
     q = q_ref[bh, ts, :].astype(_F32)
-    p = dot_nt(q, k_ref[bh, ts, :].astype(_F32)) * _decay(gcc, scc, gcr, scr, 0, 0, strict=False)
-    o = dot_nn(q * carry, states_ref[bh, c, :, vs]) + dot_nn(p, vn_ref[bh, ts, vs])
+    p = dot_nt(q, k_ref[bh, ts, :].astype(_F32), prec) * _decay(gcc, scc, gcr, scr, 0, 0, strict=False)
+    o = dot_nn(q * carry, states_ref[bh, c, :, vs], prec) + dot_nn(p, vn_ref[bh, ts, vs], prec)
     o_ref[bh, ts, vs] = o.astype(o_ref.dtype)
 
 
 # --------------------------------------------------------------------------- backward kernels
 
 
-def _dvl_kernel(q_ref, k_ref, gcc_ref, gcr_ref, scc_ref, scr_ref, do_ref, dvl_ref, *, C, H, BV):
+def _dvl_kernel(q_ref, k_ref, gcc_ref, gcr_ref, scc_ref, scr_ref, do_ref, dvl_ref, *, C, H, BV, prec):
     iv, c, bh = pl.program_id(0), pl.program_id(1), pl.program_id(2)
     bi = lax.div(bh, H)
     vs, ts = pl.ds(iv * BV, BV), pl.ds(c * C, C)
     gcc, scc, gcr, scr = gcc_ref[bh, ts, :], scc_ref[bi, ts, :], gcr_ref[bh, c, :, :], scr_ref[bi, c, :, :]
-    p = dot_nt(q_ref[bh, ts, :].astype(_F32), k_ref[bh, ts, :].astype(_F32)) * _decay(
+    p = dot_nt(q_ref[bh, ts, :].astype(_F32), k_ref[bh, ts, :].astype(_F32), prec) * _decay(
         gcc, scc, gcr, scr, 0, 0, strict=False)
-    dvl_ref[bh, ts, vs] = dot_tn(p, do_ref[bh, ts, vs].astype(_F32))
+    dvl_ref[bh, ts, vs] = dot_tn(p, do_ref[bh, ts, vs].astype(_F32), prec)
 
 
 def _dstate_kernel(q_ref, k_ref, w_ref, gcc_ref, gcr_ref, scc_ref, scr_ref, do_ref, dvl_ref, dht_ref,
-                   dstates_ref, dh0_ref, *, NT, C, H, BV):
+                   dstates_ref, dh0_ref, *, NT, C, H, BV, prec):
     iv, bh = pl.program_id(0), pl.program_id(1)
     bi = lax.div(bh, H)
     vs = pl.ds(iv * BV, BV)
@@ -244,9 +267,9 @@ def _dstate_kernel(q_ref, k_ref, w_ref, gcc_ref, gcr_ref, scc_ref, scr_ref, do_r
         carry, to_end, carry_end = _gates(gcc_ref[bh, ts, :], scc_ref[bi, ts, :], gcr_ref[bh, c, :, :],
                                           scr_ref[bi, c, :, :])
         dstates_ref[bh, c, :, vs] = ds                         # gradient of the state after chunk c
-        dvn = dot_nn(k_ref[bh, ts, :].astype(_F32) * to_end, ds) + dvl_ref[bh, ts, vs]
-        return (carry_end * ds + dot_tn(q_ref[bh, ts, :].astype(_F32) * carry, do_ref[bh, ts, vs].astype(_F32))
-                - dot_tn(w_ref[bh, ts, :], dvn))
+        dvn = dot_nn(k_ref[bh, ts, :].astype(_F32) * to_end, ds, prec) + dvl_ref[bh, ts, vs]
+        return (carry_end * ds + dot_tn(q_ref[bh, ts, :].astype(_F32) * carry, do_ref[bh, ts, vs].astype(_F32), prec)
+                - dot_tn(w_ref[bh, ts, :], dvn, prec))
 
     dh0_ref[bh, :, vs] = lax.fori_loop(0, NT, body, dht_ref[bh, :, vs])
 
@@ -265,26 +288,26 @@ def _operands(q, k, v, gc_col, gc_row, sc_col, sc_row, beta_col):
             _flat(gc_row), sc_col, sc_row, _flat(beta_col))
 
 
-@functools.partial(jax.jit, static_argnames=("interpret",))
-def gdr_fwd_gpu(q, k, v, gc_col, gc_row, sc_col, sc_row, beta_col, h0, *, interpret=False):
+@functools.partial(jax.jit, static_argnames=("interpret", "prec"))
+def gdr_fwd_gpu(q, k, v, gc_col, gc_row, sc_col, sc_row, beta_col, h0, *, interpret=False, prec="highest"):
     """Forward; same contract as `gdr_tpu.gdr_fwd_tpu` (o, states [B,H,NT,Dk,Dv] f32, ht)."""
     B, H, Tp, Dk = q.shape
     Dv = v.shape[-1]
     NT, C = gc_row.shape[2], gc_row.shape[4]
     qf, kf, vf, gcc, gcr, scc, scr, bf = _operands(q, k, v, gc_col, gc_row, sc_col, sc_row, beta_col)
     BH, Dkp, Dvp = B * H, qf.shape[-1], vf.shape[-1]
-    w, u = _local(kf, vf, gcc, gcr, scc, scr, bf, H=H, interpret=interpret)
+    w, u = _local(kf, vf, gcc, gcr, scc, scr, bf, H=H, interpret=interpret, prec=prec)
     bv = block_sizes.gdr_gpu_block_v("state", Dvp)
     f32 = lambda shape: jax.ShapeDtypeStruct(shape, _F32)
     states, vn, ht = pl.pallas_call(
-        functools.partial(_state_kernel, NT=NT, C=C, H=H, BV=bv),
+        functools.partial(_state_kernel, NT=NT, C=C, H=H, BV=bv, prec=prec),
         grid=(Dvp // bv, BH),
         out_shape=[f32((BH, NT, Dkp, Dvp)), f32((BH, Tp, Dvp)), f32((BH, Dkp, Dvp))],
         compiler_params=_compiler_params(), interpret=interpret, name="gdr_gpu_state",
     )(w, u, kf, gcc, gcr, scc, scr, _flat(_pad_last2(h0.astype(_F32), Dkp, Dvp)))
     bv = block_sizes.gdr_gpu_block_v("output", Dvp)
     o = pl.pallas_call(
-        functools.partial(_output_kernel, C=C, H=H, BV=bv),
+        functools.partial(_output_kernel, C=C, H=H, BV=bv, prec=prec),
         grid=(Dvp // bv, NT, BH),
         out_shape=jax.ShapeDtypeStruct((BH, Tp, Dvp), v.dtype),
         compiler_params=_compiler_params(), interpret=interpret, name="gdr_gpu_output",
@@ -293,9 +316,9 @@ def gdr_fwd_gpu(q, k, v, gc_col, gc_row, sc_col, sc_row, beta_col, h0, *, interp
     return (unflat(o)[..., :Dv], unflat(states)[..., :Dk, :Dv], unflat(ht)[..., :Dk, :Dv])
 
 
-@functools.partial(jax.jit, static_argnames=("interpret",))
+@functools.partial(jax.jit, static_argnames=("interpret", "prec"))
 def gdr_bwd_gpu(q, k, v, gc_col, gc_row, sc_col, sc_row, beta_col, states, do, dht, *,
-                interpret=False):
+                interpret=False, prec="highest"):
     """Backward; same contract as `gdr_tpu.gdr_bwd_tpu`."""
     B, H, Tp, Dk = q.shape
     Dv = v.shape[-1]
@@ -303,18 +326,18 @@ def gdr_bwd_gpu(q, k, v, gc_col, gc_row, sc_col, sc_row, beta_col, states, do, d
     qf, kf, vf, gcc, gcr, scc, scr, bf = _operands(q, k, v, gc_col, gc_row, sc_col, sc_row, beta_col)
     BH, Dkp, Dvp = B * H, qf.shape[-1], vf.shape[-1]
     dof = _flat(_pad_last(do, Dvp))
-    w, _ = _local(kf, vf, gcc, gcr, scc, scr, bf, H=H, interpret=interpret)
+    w, _ = _local(kf, vf, gcc, gcr, scc, scr, bf, H=H, interpret=interpret, prec=prec)
     bv = block_sizes.gdr_gpu_block_v("dvl", Dvp)
     f32 = lambda shape: jax.ShapeDtypeStruct(shape, _F32)
     dvl = pl.pallas_call(
-        functools.partial(_dvl_kernel, C=C, H=H, BV=bv),
+        functools.partial(_dvl_kernel, C=C, H=H, BV=bv, prec=prec),
         grid=(Dvp // bv, NT, BH),
         out_shape=f32((BH, Tp, Dvp)),
         compiler_params=_compiler_params(), interpret=interpret, name="gdr_gpu_dvl",
     )(qf, kf, gcc, gcr, scc, scr, dof)
     bv = block_sizes.gdr_gpu_block_v("dstate", Dvp)
     dstates, dh0 = pl.pallas_call(
-        functools.partial(_dstate_kernel, NT=NT, C=C, H=H, BV=bv),
+        functools.partial(_dstate_kernel, NT=NT, C=C, H=H, BV=bv, prec=prec),
         grid=(Dvp // bv, BH),
         out_shape=[f32((BH, NT, Dkp, Dvp)), f32((BH, Dkp, Dvp))],
         compiler_params=_compiler_params(), interpret=interpret, name="gdr_gpu_dstate",

@@ -64,7 +64,8 @@ def test_gpu_kernels_bf16():
            _oracle(arrs, wo, ws, DK ** -0.5, seg=seg), BF16_TOL)
 
 
-def test_gpu_kernels_lower_to_triton_for_cuda():
+@pytest.mark.parametrize("precision", ["highest", "tf32"])
+def test_gpu_kernels_lower_to_triton_for_cuda(precision):
     """Forward and backward lower for the CUDA platform without a GPU: every pallas_call
     body goes through the Pallas Triton lowering (6 kernels: local, state, output; local,
     dvl, dstate). Compiling to PTX and the real shared-memory allocation need a GPU."""
@@ -74,7 +75,8 @@ def test_gpu_kernels_lower_to_triton_for_cuda():
             sd((B, T, H), jnp.float32)]
 
     def loss(*a):
-        return gated_delta_rule_pallas(*a, interpret=False, backend="gpu")[0].astype(jnp.float32).sum()
+        o, _ = gated_delta_rule_pallas(*a, interpret=False, backend="gpu", precision=precision)
+        return o.astype(jnp.float32).sum()
 
     text = jax.jit(jax.grad(loss, argnums=range(5))).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
     assert text.count("__gpu$xla.gpu.triton") == 6
