@@ -172,3 +172,15 @@ def test_matches_jet_jax_reference():
     theirs = ref.dynamic_causal_conv(*args, **kw)      # default: XLA on CPU
     np.testing.assert_allclose(np.asarray(mine), np.asarray(theirs), rtol=0,
                                atol=F32_TOL * float(np.abs(np.asarray(theirs)).max()))
+
+
+def test_kernel_lowers_to_mosaic_for_tpu():
+    """Forward and backward lower for the TPU platform without a TPU (Mosaic lowering of the
+    kernel bodies); compiling for a chip and running need a TPU."""
+    args = [jax.ShapeDtypeStruct((1, 300, 256), jnp.bfloat16), jax.ShapeDtypeStruct((1, 300, 256, 4), jnp.bfloat16)]
+
+    def loss(x, k):
+        return dynamic_causal_conv_pallas(x, k, activation="silu", interpret=False).astype(jnp.float32).sum()
+
+    text = jax.jit(jax.grad(loss, argnums=(0, 1))).trace(*args).lower(lowering_platforms=("tpu",)).as_text()
+    assert text.count("tpu_custom_call") >= 1

@@ -238,3 +238,19 @@ def test_tpu_interpret_model_dims_slow():
     arrs, wo, ws = _inputs(37, 1, 130, 1, 96, 256)
     _check(_run(arrs, wo, ws, backend="tpu", interpret=True),
            _oracle(arrs, wo, ws, 96 ** -0.5), F32_TOL)
+
+
+def test_tpu_kernels_lower_to_mosaic_for_tpu():
+    """Forward and backward lower for the TPU platform without a TPU (the Mosaic lowering of
+    both kernel bodies); compiling them for a chip and running them needs a TPU."""
+    B, T, H, Dk, Dv = 1, 128, 2, 96, 256
+    sd = lambda s, dt=jnp.bfloat16: jax.ShapeDtypeStruct(s, dt)
+    args = [sd((B, T, H, Dk)), sd((B, T, H, Dk)), sd((B, T, H, Dv)), sd((B, T, H), jnp.float32),
+            sd((B, T, H), jnp.float32)]
+
+    def loss(*a):
+        o, _ = gated_delta_rule_pallas(*a, interpret=False, backend="tpu")
+        return o.astype(jnp.float32).sum()
+
+    text = jax.jit(jax.grad(loss, argnums=range(5))).trace(*args).lower(lowering_platforms=("tpu",)).as_text()
+    assert text.count("tpu_custom_call") == 2
