@@ -93,3 +93,20 @@ def test_shared_memory_refused_before_launch():
     with pytest.raises(block_sizes.KernelResourceError, match=r"block_v"):
         gated_delta_rule_pallas(x, x, x, jnp.zeros((1, 8, 1)), jnp.zeros((1, 8, 1)), interpret=False,
                                 backend="gpu")
+
+
+def test_resource_exhausted_is_translated(monkeypatch):
+    """A RESOURCE_EXHAUSTED from compiling/launching the kernels becomes a one-line error
+    naming the kernels, their block sizes and the resource (the H200 message of issue 10)."""
+    import pallas_kernels.gdr as gdr
+
+    def fail(*a, **k):
+        raise RuntimeError("RESOURCE_EXHAUSTED: Shared memory size limit exceeded: requested 311296, "
+                           "available: 232448")
+
+    monkeypatch.setattr(gdr, "_core", fail)
+    x = jnp.zeros((1, 8, 1, 16))
+    with pytest.raises(block_sizes.KernelResourceError,
+                       match=r"gpu kernels, chunk 64, Dk 16, Dv 16, value blocks .*Shared memory size limit"):
+        gated_delta_rule_pallas(x, x, x, jnp.zeros((1, 8, 1)), jnp.zeros((1, 8, 1)), interpret="plain",
+                                backend="gpu")
