@@ -9,7 +9,8 @@ and prints them as it goes. A failing row prints why; the rest still run.
       device at HIGHEST matmul precision: output, final state and all six gradients, as
       max|err|/max|ref|; cases with packed documents (segment ids), T not a multiple of 64,
       Dk != Dv, an initial state; f32 and bf16 inputs; the Pallas kernels with IEEE f32
-      ("highest") and with tf32 dots. A kernel may be added to
+      ("highest") and with tf32 dots, and with the optional Pallas chunk-local backward
+      kernel (run past the shared-memory model, to learn whether it compiles). A kernel may be added to
       pallas_kernels/verified.py for this backend only after its rows here PASS; the suite
       prints the entry to paste (device, date, commit, max error, this command).
   (b) kernel table at the model's shapes (bf16 inputs, f32 state): chunked XLA, pallas and
@@ -57,8 +58,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import kernels as kb  # noqa: E402
 
 NAMES = ("o", "final_state", "dq", "dk", "dv", "dg", "dbeta", "dh0")
-TOL = {"float32": {"recurrent": 1e-5, "chunked": 2e-3, "pallas": 1e-4, "pallas-tf32": 2e-3},
-       "bfloat16": {"recurrent": 2e-2, "chunked": 2e-2, "pallas": 2e-2, "pallas-tf32": 2e-2}}
+TOL = {"float32": {"recurrent": 1e-5, "chunked": 2e-3, "pallas": 1e-4, "pallas-tf32": 2e-3, "pallas-local-bwd": 1e-4},
+       "bfloat16": {"recurrent": 2e-2, "chunked": 2e-2, "pallas": 2e-2, "pallas-tf32": 2e-2, "pallas-local-bwd": 2e-2}}
+# Pallas variants: name -> gated_delta_rule_pallas options. "pallas-local-bwd" runs the
+# optional Pallas chunk-local backward kernel past the (conservative) shared-memory model,
+# to learn on the device whether it compiles and how fast it is; a failure prints why.
+PALLAS = {"pallas": dict(precision="highest"), "pallas-tf32": dict(precision="tf32"),
+          "pallas-local-bwd": dict(precision="highest", local_bwd="pallas", check_smem=False)}
 
 
 class Report:
@@ -111,9 +117,9 @@ def _fwd_bwd(impl, d, dtype, interpret):
 
     def f(q, k, v, g, beta, h0):
         kw = dict(initial_state=h0, output_final_state=True, segment_ids=seg)
-        if impl.startswith("pallas"):
-            return gated_delta_rule_pallas(q, k, v, g, beta, interpret=interpret, backend="gpu",
-                                           precision="tf32" if impl == "pallas-tf32" else "highest", **kw)
+        if impl in PALLAS:
+            return gated_delta_rule_pallas(q, k, v, g, beta, interpret=interpret, backend="gpu", **PALLAS[impl],
+                                           **kw)
         return gated_delta_rule(q, k, v, g, beta, implementation=impl, **kw)
 
     @jax.jit
@@ -144,7 +150,7 @@ def correctness(rep, cpu):
                                for n in ("q", "k", "v")})
                 with jax.default_matmul_precision("highest"):
                     ref = _fwd_bwd("recurrent", d, jnp.float32, interpret=None)
-            for impl in ("recurrent", "chunked", "pallas", "pallas-tf32"):
+            for impl in ("recurrent", "chunked", *PALLAS):
                 label = f"{B},{T},{H},{Dk}/{Dv} segs+h0 {dn}"
                 if rep.left() < 60:
                     rows.append([label, impl, *(["-"] * len(NAMES)), "skipped: time budget"])
@@ -172,11 +178,10 @@ def kernel_table(rep, cpu, iters):
     from pallas_kernels.gdr import gated_delta_rule_pallas
     shapes = [(1, 128, 2, 32, 64)] if cpu else [(8, 4096, 12, 96, 256), (4, 8192, 16, 128, 256)]
     dtype = jnp.float32 if cpu else jnp.bfloat16
-    impls = [("jet_jax chunked (XLA)", lambda *a: gated_delta_rule(*a, implementation="chunked")),
-             ("pallas gdr_gpu", lambda *a: gated_delta_rule_pallas(*a, interpret="plain" if cpu else False,
-                                                                    backend="gpu")),
-             ("pallas gdr_gpu, tf32 dots", lambda *a: gated_delta_rule_pallas(
-                 *a, interpret="plain" if cpu else False, backend="gpu", precision="tf32"))]
+    impls = [("jet_jax chunked (XLA)", lambda *a: gated_delta_rule(*a, implementation="chunked"))]
+    impls += [(name, lambda *a, o=opts: gated_delta_rule_pallas(*a, interpret="plain" if cpu else False,
+                                                                 backend="gpu", **o))
+              for name, opts in PALLAS.items()]
     rows = []
     for shape in shapes:
         inputs = kb._inputs(*shape, dtype)
@@ -268,7 +273,7 @@ def main(argv=None):
             for line in traceback.format_exc().strip().splitlines()[-10:]:
                 rep(line)
             rep("```")
-    if worst is not None and not args.cpu and np.isfinite(worst.get("pallas", np.inf)):
+    if worst is not None and not args.cpu and np.isfinite(worst.get("pallas", np.inf)):  # default options
         rep("Pallas passed (a). Entry for pallas_kernels/verified.py:")
         rep("```")
         rep(f'Verification("gated_delta_rule", "gpu", {dev.device_kind!r}, '

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 GDR_CHUNK = {"tpu": 64, "gpu": 64}
 GDR_SOLVE_BLOCK = 16  # diagonal block of the UT-transform block substitution
-GDR_GPU_BLOCK_V = {"local": 64, "state": 64, "output": 64, "dvl": 64, "dstate": 32}
+GDR_GPU_BLOCK_V = {"local": 64, "state": 64, "output": 64, "dvl": 64, "dstate": 32, "local_bwd": 32}
 HOPPER_SMEM_BYTES = 232448  # max dynamic shared memory per block (opt-in), sm_90
 CONV_TIME_BLOCK = {"tpu": 256, "gpu": 256}
 CONV_CHANNEL_BLOCK = {"tpu": 128, "gpu": 128}
@@ -48,9 +48,10 @@ def _pow2(n: int) -> int:
     return 1 << (int(n) - 1).bit_length()
 
 
-def gdr_gpu_smem_bytes(dk: int, dv: int, chunk: int = 64) -> dict[str, int]:
+def gdr_gpu_smem_bytes(dk: int, dv: int, chunk: int = 64, local_bwd: bool = False) -> dict[str, int]:
     """Modelled shared-memory bytes of each gdr_gpu kernel: sum over the dots in its body of
-    (lhs + rhs) elements x 4 B (f32 operands), Dk and Dv padded to powers of two."""
+    (lhs + rhs) elements x 4 B (f32 operands), Dk and Dv padded to powers of two.
+    local_bwd: include the optional Pallas chunk-local backward kernel."""
     c, nb, k = chunk, GDR_SOLVE_BLOCK, _pow2(dk)
     bv = {name: gdr_gpu_block_v(name, _pow2(dv)) for name in GDR_GPU_BLOCK_V}
     dots = {
@@ -66,6 +67,14 @@ def gdr_gpu_smem_bytes(dk: int, dv: int, chunk: int = 64) -> dict[str, int]:
         # kd dS; (q carry)^T do; w^T dvn
         "dstate": [(c * k, k * bv["dstate"]), (c * k, c * bv["dstate"]), (c * k, c * bv["dstate"])],
     }
+    if local_bwd:
+        b = bv["local_bwd"]
+        cc, ck, cb, kb = c * c, c * k, c * b, k * b
+        dots["local_bwd"] = (
+            [(ck, ck)] + [(cc, cc)] * 5                        # k k^T; the masked [C, C] inverse
+            + [(cc, cb), (cc, ck), (ck, kb), (ck, ck), (cc, cb), (ck, kb), (cb, cb), (cb, kb), (cc, ck),
+               (cb, kb), (cc, ck), (cb, kb), (cb, cb), (ck, ck), (cc, cb), (cc, ck), (cc, cc), (cc, cc),
+               (cc, ck), (cc, ck)])
     return {name: 4 * sum(a + b for a, b in ds) for name, ds in dots.items()}
 
 
@@ -73,10 +82,11 @@ class KernelResourceError(RuntimeError):
     """A Pallas kernel configuration that cannot run on the device (named in the message)."""
 
 
-def check_gdr_gpu_smem(dk: int, dv: int, chunk: int = 64, limit: int = HOPPER_SMEM_BYTES) -> None:
+def check_gdr_gpu_smem(dk: int, dv: int, chunk: int = 64, limit: int = HOPPER_SMEM_BYTES,
+                       local_bwd: bool = False) -> None:
     """Raise KernelResourceError naming the kernel, its block sizes and the shared memory it
     needs when any gdr_gpu kernel's modelled need exceeds `limit` bytes."""
-    for name, need in gdr_gpu_smem_bytes(dk, dv, chunk).items():
+    for name, need in gdr_gpu_smem_bytes(dk, dv, chunk, local_bwd).items():
         if need > limit:
             raise KernelResourceError(
                 f"pallas gated_delta_rule GPU kernel gdr_gpu_{name} (chunk {chunk}, Dk {dk} -> {_pow2(dk)}, "

@@ -74,33 +74,35 @@ def resolve_interpret(interpret, backend):
     return interpret
 
 
-def _kernels(backend, precision):
+def _kernels(backend, gpu_opts):
+    """The (fwd, bwd) kernel pair; gpu_opts = (precision, local_bwd) of the GPU kernels."""
     if backend == "tpu":
         from pallas_kernels import gdr_tpu
         return gdr_tpu.gdr_fwd_tpu, gdr_tpu.gdr_bwd_tpu
     from pallas_kernels import gdr_gpu
+    precision, local_bwd = gpu_opts
     return (functools.partial(gdr_gpu.gdr_fwd_gpu, prec=precision),
-            functools.partial(gdr_gpu.gdr_bwd_gpu, prec=precision))
+            functools.partial(gdr_gpu.gdr_bwd_gpu, prec=precision, local_bwd=local_bwd))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _core(backend, interpret, precision, q, k, v, gc_col, gc_row, sc_col, sc_row, beta_col, h0):
+def _core(backend, interpret, gpu_opts, q, k, v, gc_col, gc_row, sc_col, sc_row, beta_col, h0):
     """Kernel pair behind one custom VJP. Shapes as in `gdr_tpu`. Returns o, ht."""
-    fwd, _ = _kernels(backend, precision)
+    fwd, _ = _kernels(backend, gpu_opts)
     o, _, ht = fwd(q, k, v, gc_col, gc_row, sc_col, sc_row, beta_col, h0, interpret=interpret)
     return o, ht
 
 
-def _core_fwd(backend, interpret, precision, q, k, v, gc_col, gc_row, sc_col, sc_row, beta_col, h0):
-    fwd, _ = _kernels(backend, precision)
+def _core_fwd(backend, interpret, gpu_opts, q, k, v, gc_col, gc_row, sc_col, sc_row, beta_col, h0):
+    fwd, _ = _kernels(backend, gpu_opts)
     o, states, ht = fwd(q, k, v, gc_col, gc_row, sc_col, sc_row, beta_col, h0, interpret=interpret)
     return (o, ht), (q, k, v, gc_col, gc_row, sc_col, sc_row, beta_col, h0, states)
 
 
-def _core_bwd(backend, interpret, precision, res, cts):
+def _core_bwd(backend, interpret, gpu_opts, res, cts):
     q, k, v, gc_col, gc_row, sc_col, sc_row, beta_col, h0, states = res
     do, dht = cts
-    _, bwd = _kernels(backend, precision)
+    _, bwd = _kernels(backend, gpu_opts)
     dq, dk, dv, dgcc, dgcr, db, dh0 = bwd(q, k, v, gc_col, gc_row, sc_col, sc_row, beta_col,
                                           states, do, dht.astype(_F32), interpret=interpret)
     return (dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), dgcc, dgcr,
@@ -143,14 +145,22 @@ def prepare(q, k, v, g, beta, scale, segment_ids, use_qk_l2norm, chunk):
 
 def gated_delta_rule_pallas(q, k, v, g, beta, *, scale=None, initial_state=None,
                             output_final_state=False, segment_ids=None, use_qk_l2norm=True,
-                            interpret=None, backend=None, precision="highest"):
+                            interpret=None, backend=None, precision="highest", local_bwd="xla",
+                            check_smem=True):
     """See the module docstring. Returns (o [B, T, H, Dv], final_state [B, H, Dk, Dv] | None).
 
-    precision: the GPU kernels' f32 matmuls, "highest" (IEEE f32) or "tf32" (matrix-unit
-    f32 mode); the TPU kernels always use HIGHEST.
+    GPU options (the TPU kernels ignore them):
+      precision: the kernels' f32 matmuls, "highest" (IEEE f32) or "tf32" (matrix-unit mode).
+      local_bwd: the chunk-local gradients as "xla" (vmap of the per-chunk VJP over all
+        chunks; default) or "pallas" (`gdr_gpu._local_bwd_kernel`, hand-derived adjoint;
+        its modelled shared memory is over Hopper's limit at Dk 128, so it is tried on a
+        device only with check_smem=False -- an experiment for the device suite).
+      check_smem: refuse before launch when a kernel's modelled shared memory is too big.
     """
     if precision not in ("highest", "tf32"):
         raise ValueError(f"gated_delta_rule_pallas: precision must be 'highest' or 'tf32', got {precision!r}")
+    if local_bwd not in ("xla", "pallas"):
+        raise ValueError(f"gated_delta_rule_pallas: local_bwd must be 'xla' or 'pallas', got {local_bwd!r}")
     backend = resolve_backend(backend)
     interpret = resolve_interpret(interpret, backend)
     B, T, H, Dk = q.shape
@@ -158,13 +168,13 @@ def gated_delta_rule_pallas(q, k, v, g, beta, *, scale=None, initial_state=None,
     if scale is None:
         scale = Dk ** -0.5
     chunk = block_sizes.gdr_chunk(backend)
-    if backend == "gpu" and interpret is False:
-        block_sizes.check_gdr_gpu_smem(Dk, Dv, chunk)   # refuse before launch, naming the kernel
+    if backend == "gpu" and interpret is False and check_smem:
+        block_sizes.check_gdr_gpu_smem(Dk, Dv, chunk, local_bwd=local_bwd == "pallas")   # refuse before launch, naming the kernel
     ops = prepare(q, k, v, g, beta, scale, segment_ids, use_qk_l2norm, chunk)
     h0 = (jnp.zeros((B, H, Dk, Dv), _F32) if initial_state is None
           else initial_state.astype(_F32))
     try:
-        o, ht = _core(backend, interpret, precision, *ops, h0)
+        o, ht = _core(backend, interpret, (precision, local_bwd), *ops, h0)
     except Exception as e:  # noqa: BLE001 - re-raised, translated only when out of a resource
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise

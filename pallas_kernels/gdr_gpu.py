@@ -23,7 +23,11 @@ chunk c of C = 64 tokens, start state S_c [Dk, Dv]:
     6. the chunk-local gradients (dq, dk, dv, dg, dbeta) given S_c, dS_{c+1} and do are
        independent across chunks: XLA, `jax.vmap` over (B*H, NT) of the VJP of
        `gdr_chunk.chunk_forward` -- one batched program over all chunks, not a kernel.
-       (It is the costliest part on a GPU; a Pallas kernel for it is future work.)
+       Optional (`local_bwd="pallas"`): `_local_bwd_kernel`, grid (Dv/BV, NT, B*H), the
+       hand-derived adjoint of the chunk (tested against the VJP through the whole op).
+       Its modelled shared memory (~1 MB at Dk 128, every dot counted) is far over the
+       limit, so it is not the default; the device suite runs it past the model to learn
+       whether the compiler fits it and what it costs.
   Packed documents: `sc`, the within-chunk count of document starts, masks every term as
   in `gdr_chunk` (no -inf in gc).
 
@@ -55,7 +59,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from pallas_kernels import block_sizes
-from pallas_kernels.gdr_chunk import SOLVE_BLOCK, chunk_backward
+from pallas_kernels.gdr_chunk import SOLVE_BLOCK, _forward_substitution, chunk_backward
 
 _F32 = jnp.float32
 NB = SOLVE_BLOCK
@@ -274,6 +278,66 @@ def _dstate_kernel(q_ref, k_ref, w_ref, gcc_ref, gcr_ref, scc_ref, scr_ref, do_r
     dh0_ref[bh, :, vs] = lax.fori_loop(0, NT, body, dht_ref[bh, :, vs])
 
 
+def _local_bwd_kernel(q_ref, k_ref, v_ref, gcc_ref, gcr_ref, scc_ref, scr_ref, b_ref, st_ref, dst_ref, do_ref,
+                      dq_ref, dk_ref, dv_ref, dgcc_ref, dgcr_ref, db_ref, *, C, H, BV, prec):
+    """Chunk-local gradients of one chunk and one value block, given S_c, dS_{c+1}, do.
+
+    Hand-derived adjoint of `gdr_chunk.chunk_forward` (tested against its jax.vjp through
+    the whole op). dq, dk, dgc, dbeta are partial sums over value blocks (every term is
+    linear in the block's cotangents), summed by the caller; dv is exact per block.
+    """
+    iv, c, bh = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+    bi = lax.div(bh, H)
+    vs, ts = pl.ds(iv * BV, BV), pl.ds(c * C, C)
+    gcc, scc, gcr, scr = gcc_ref[bh, ts, :], scc_ref[bi, ts, :], gcr_ref[bh, c, :, :], scr_ref[bi, c, :, :]
+    q, k = q_ref[bh, ts, :].astype(_F32), k_ref[bh, ts, :].astype(_F32)
+    v, beta = v_ref[bh, ts, vs].astype(_F32), b_ref[bh, ts, :]
+    s, dsn, do = st_ref[bh, c, :, vs], dst_ref[bh, c, :, vs], do_ref[bh, ts, vs].astype(_F32)
+    carry, to_end, carry_end = _gates(gcc, scc, gcr, scr)
+    d_incl = _decay(gcc, scc, gcr, scr, 0, 0, strict=False)
+    d_strict = _decay(gcc, scc, gcr, scr, 0, 0, strict=True)
+    # forward recompute
+    kb = k * beta
+    kk = dot_nt(kb, k, prec)
+    t = _forward_substitution(kk * d_strict)
+    kbc, vb = kb * carry, v * beta
+    vn = dot_nn(t, vb, prec) - dot_nn(dot_nn(t, kbc, prec), s, prec)
+    qk = dot_nt(q, k, prec)
+    # adjoint
+    dvn = dot_tn(qk * d_incl, do, prec) + dot_nn(k * to_end, dsn, prec)
+    dp = dot_nt(do, vn, prec)
+    dqk = dp * d_incl
+    dos = dot_nt(do, s, prec)                                  # do S^T  [C, Dk]
+    dq = dot_nn(dqk, k, prec) + dos * carry
+    dcarry = jnp.sum(q * dos, axis=1, keepdims=True)
+    dkt = dot_nt(vn, dsn, prec)                                # vn dS'^T [C, Dk]
+    dk = dot_tn(dqk, q, prec) + dkt * to_end
+    dto_end = jnp.sum(k * dkt, axis=1, keepdims=True)
+    dw = -dot_nt(dvn, s, prec)
+    dt = dot_nt(dvn, vb, prec) + dot_nt(dw, kbc, prec)
+    dvb = dot_tn(t, dvn, prec)
+    dkbc = dot_tn(t, dw, prec)
+    da = -dot_tn(t, dot_nt(dt, t, prec), prec)                 # d(M^-1) = -M^-1 dM M^-1
+    dkk = da * d_strict
+    dkb = dkbc * carry + dot_nn(dkk, k, prec)
+    dk = dk + dot_tn(dkk, kb, prec) + dkb * beta
+    dcarry = dcarry + jnp.sum(dkbc * kb, axis=1, keepdims=True)
+    dbeta = jnp.sum(dvb * v, axis=1, keepdims=True) + jnp.sum(dkb * k, axis=1, keepdims=True)
+    # gates: d exp(x) = exp(x) dx; decays are exp(gc_i - gc_j) (zero where masked)
+    e = dp * qk * d_incl + da * kk * d_strict
+    dgc_col = jnp.sum(e, axis=1, keepdims=True) + dcarry * carry - dto_end * to_end
+    dgl = jnp.sum(dto_end * to_end, axis=0, keepdims=True) + carry_end * jnp.sum(
+        jnp.sum(dsn * s, axis=1, keepdims=True), axis=0, keepdims=True)
+    lane = lax.broadcasted_iota(jnp.int32, (1, C), 1)
+    dgc_row = -jnp.sum(e, axis=0, keepdims=True) + jnp.where(lane == C - 1, dgl, 0.0)
+    dq_ref[iv, bh, ts, :] = dq
+    dk_ref[iv, bh, ts, :] = dk
+    dv_ref[bh, ts, vs] = dvb * beta
+    dgcc_ref[iv, bh, ts, :] = dgc_col
+    dgcr_ref[iv, bh, c, :, :] = dgc_row
+    db_ref[iv, bh, ts, :] = dbeta
+
+
 # --------------------------------------------------------------------------- wrappers
 
 
@@ -316,9 +380,9 @@ def gdr_fwd_gpu(q, k, v, gc_col, gc_row, sc_col, sc_row, beta_col, h0, *, interp
     return (unflat(o)[..., :Dv], unflat(states)[..., :Dk, :Dv], unflat(ht)[..., :Dk, :Dv])
 
 
-@functools.partial(jax.jit, static_argnames=("interpret", "prec"))
+@functools.partial(jax.jit, static_argnames=("interpret", "prec", "local_bwd"))
 def gdr_bwd_gpu(q, k, v, gc_col, gc_row, sc_col, sc_row, beta_col, states, do, dht, *,
-                interpret=False, prec="highest"):
+                interpret=False, prec="highest", local_bwd="xla"):
     """Backward; same contract as `gdr_tpu.gdr_bwd_tpu`."""
     B, H, Tp, Dk = q.shape
     Dv = v.shape[-1]
@@ -342,6 +406,19 @@ def gdr_bwd_gpu(q, k, v, gc_col, gc_row, sc_col, sc_row, beta_col, states, do, d
         out_shape=[f32((BH, NT, Dkp, Dvp)), f32((BH, Dkp, Dvp))],
         compiler_params=_compiler_params(), interpret=interpret, name="gdr_gpu_dstate",
     )(qf, kf, w, gcc, gcr, scc, scr, dof, dvl, _flat(_pad_last2(dht.astype(_F32), Dkp, Dvp)))
+    if local_bwd == "pallas":
+        bv = block_sizes.gdr_gpu_block_v("local_bwd", Dvp)
+        nv = Dvp // bv
+        dq, dk, dv, dgcc, dgcr, db = pl.pallas_call(
+            functools.partial(_local_bwd_kernel, C=C, H=H, BV=bv, prec=prec),
+            grid=(nv, NT, BH),
+            out_shape=[f32((nv, BH, Tp, Dkp)), f32((nv, BH, Tp, Dkp)), f32((BH, Tp, Dvp)), f32((nv, BH, Tp, 1)),
+                       f32((nv, BH, NT, 1, C)), f32((nv, BH, Tp, 1))],
+            compiler_params=_compiler_params(), interpret=interpret, name="gdr_gpu_local_bwd",
+        )(qf, kf, vf, gcc, gcr, scc, scr, bf, _flat(_pad_last2(states.astype(_F32), Dkp, Dvp)), dstates, dof)
+        un = lambda x: x.sum(0).reshape((B, H) + x.shape[2:])
+        return (un(dq)[..., :Dk], un(dk)[..., :Dk], dv.reshape(B, H, Tp, Dvp)[..., :Dv], un(dgcc), un(dgcr),
+                un(db), dh0.reshape(B, H, Dkp, Dvp)[..., :Dk, :Dv])
     dstates = dstates.reshape(B, H, NT, Dkp, Dvp)[..., :Dk, :Dv]
     # chunk-local gradients: independent across chunks given S_c and dS_{c+1} (XLA, batched)
     per_chunk = lambda x: x.reshape((B, H, NT, C) + x.shape[3:])

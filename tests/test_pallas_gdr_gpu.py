@@ -57,6 +57,28 @@ def test_gpu_kernels_match_recurrent_reference():
         assert _rel(np.asarray(a), np.asarray(r)) <= F32_TOL, name
 
 
+def test_pallas_local_backward_kernel_matches_fla_naive():
+    """The optional Pallas chunk-local backward (hand-derived adjoint) through the whole op."""
+    B, T = 2, 150
+    arrs, wo, ws = _inputs(41, B, T, 2, DK, DV)
+    seg = _segments(B, T, 43)
+    q, k, v, g, beta, h0 = (jnp.asarray(x) for x in arrs)
+
+    def f(*a):
+        return gated_delta_rule_pallas(*a[:5], initial_state=a[5], output_final_state=True,
+                                       segment_ids=jnp.asarray(seg), interpret="plain", backend="gpu",
+                                       local_bwd="pallas")
+
+    @jax.jit
+    def fwd_bwd(*a):
+        (o, ht), vjp = jax.vjp(f, *a)
+        return o, ht, vjp((jnp.asarray(wo), jnp.asarray(ws)))
+
+    o, ht, grads = _fast_compile(fwd_bwd, q, k, v, g, beta, h0)
+    _check((np.asarray(o), np.asarray(ht), [np.asarray(x) for x in grads]),
+           _oracle(arrs, wo, ws, DK ** -0.5, seg=seg), F32_TOL)
+
+
 def test_gpu_kernels_bf16():
     arrs, wo, ws = _inputs(19, 1, 65, 2, DK, DV, dtype=jnp.bfloat16)
     seg = _segments(1, 65, 4)
@@ -64,27 +86,31 @@ def test_gpu_kernels_bf16():
            _oracle(arrs, wo, ws, DK ** -0.5, seg=seg), BF16_TOL)
 
 
-@pytest.mark.parametrize("precision", ["highest", "tf32"])
-def test_gpu_kernels_lower_to_triton_for_cuda(precision):
+@pytest.mark.parametrize("precision, local_bwd, kernels", [("highest", "xla", 6), ("tf32", "xla", 6),
+                                                           ("highest", "pallas", 7)])
+def test_gpu_kernels_lower_to_triton_for_cuda(precision, local_bwd, kernels):
     """Forward and backward lower for the CUDA platform without a GPU: every pallas_call
     body goes through the Pallas Triton lowering (6 kernels: local, state, output; local,
-    dvl, dstate). Compiling to PTX and the real shared-memory allocation need a GPU."""
+    dvl, dstate; 7 with the optional Pallas chunk-local backward). Compiling to PTX and the real shared-memory allocation need a GPU."""
     B, T, H, Dk, Dv = 1, 128, 2, 96, 256
     sd = lambda s, dt=jnp.bfloat16: jax.ShapeDtypeStruct(s, dt)
     args = [sd((B, T, H, Dk)), sd((B, T, H, Dk)), sd((B, T, H, Dv)), sd((B, T, H), jnp.float32),
             sd((B, T, H), jnp.float32)]
 
     def loss(*a):
-        o, _ = gated_delta_rule_pallas(*a, interpret=False, backend="gpu", precision=precision)
+        o, _ = gated_delta_rule_pallas(*a, interpret=False, backend="gpu", precision=precision,
+                                       local_bwd=local_bwd, check_smem=False)
         return o.astype(jnp.float32).sum()
 
     text = jax.jit(jax.grad(loss, argnums=range(5))).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
-    assert text.count("__gpu$xla.gpu.triton") == 6
+    assert text.count("__gpu$xla.gpu.triton") == kernels
 
 
 def test_shared_memory_refused_before_launch():
     need = block_sizes.gdr_gpu_smem_bytes(96, 256)
     assert max(need.values()) <= 0.71 * block_sizes.HOPPER_SMEM_BYTES, need
+    with pytest.raises(block_sizes.KernelResourceError, match=r"gdr_gpu_local_bwd"):
+        block_sizes.check_gdr_gpu_smem(96, 256, local_bwd=True)      # the optional kernel: over
     block_sizes.check_gdr_gpu_smem(128, 256)
     with pytest.raises(block_sizes.KernelResourceError, match=r"gdr_gpu_output .*Dk 256.*shared memory"):
         block_sizes.check_gdr_gpu_smem(256, 256)
