@@ -150,15 +150,17 @@ def gated_delta_rule_pallas(q, k, v, g, beta, *, scale=None, initial_state=None,
     """See the module docstring. Returns (o [B, T, H, Dv], final_state [B, H, Dk, Dv] | None).
 
     GPU options (the TPU kernels ignore them):
-      precision: the kernels' f32 matmuls, "highest" (IEEE f32) or "tf32" (matrix-unit mode).
+      precision: the kernels' matmuls, "highest" (IEEE f32), "tf32" (matrix-unit mode) or
+        "bf16" (operands rounded to bf16, f32 accumulation).
       local_bwd: the chunk-local gradients as "xla" (vmap of the per-chunk VJP over all
         chunks; default) or "pallas" (`gdr_gpu._local_bwd_kernel`, hand-derived adjoint;
         its modelled shared memory is over Hopper's limit at Dk 128, so it is tried on a
         device only with check_smem=False -- an experiment for the device suite).
       check_smem: refuse before launch when a kernel's modelled shared memory is too big.
     """
-    if precision not in ("highest", "tf32"):
-        raise ValueError(f"gated_delta_rule_pallas: precision must be 'highest' or 'tf32', got {precision!r}")
+    if precision not in ("highest", "tf32", "bf16"):
+        raise ValueError(f"gated_delta_rule_pallas: precision must be 'highest', 'tf32' or 'bf16', "
+                         f"got {precision!r}")
     if local_bwd not in ("xla", "pallas"):
         raise ValueError(f"gated_delta_rule_pallas: local_bwd must be 'xla' or 'pallas', got {local_bwd!r}")
     backend = resolve_backend(backend)
@@ -168,8 +170,8 @@ def gated_delta_rule_pallas(q, k, v, g, beta, *, scale=None, initial_state=None,
     if scale is None:
         scale = Dk ** -0.5
     chunk = block_sizes.gdr_chunk(backend)
-    if backend == "gpu" and interpret is False and check_smem:
-        block_sizes.check_gdr_gpu_smem(Dk, Dv, chunk, local_bwd=local_bwd == "pallas")   # refuse before launch, naming the kernel
+    if backend == "gpu" and interpret is False and check_smem:      # refuse before launch, naming the kernel
+        block_sizes.check_gdr_gpu_smem(Dk, Dv, chunk, local_bwd=local_bwd == "pallas")
     ops = prepare(q, k, v, g, beta, scale, segment_ids, use_qk_l2norm, chunk)
     h0 = (jnp.zeros((B, H, Dk, Dv), _F32) if initial_state is None
           else initial_state.astype(_F32))

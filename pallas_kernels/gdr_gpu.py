@@ -63,13 +63,17 @@ from pallas_kernels.gdr_chunk import SOLVE_BLOCK, _forward_substitution, chunk_b
 
 _F32 = jnp.float32
 NB = SOLVE_BLOCK
-# Matmul precision of the kernels' f32 dots: "highest" (IEEE f32 on the GPU: the default,
-# what the tests and the device suite's correctness part verify) or "tf32" (the matrix
-# units' f32 mode, ~3e-4 relative per product; faster, to be measured by the suite).
-PRECISIONS = {"highest": lax.Precision.HIGHEST, "tf32": lax.Precision.DEFAULT}
+# Matmul precision of the kernels' dots (f32 accumulation always): "highest" (IEEE f32 on
+# the GPU: the default, what the tests and the device suite's correctness part verify),
+# "tf32" (the matrix units' f32 mode, ~3e-4 relative per product), or "bf16" (operands
+# rounded to bf16, as FLA's kernels feed their dots); the faster modes are for the suite
+# to measure.
+PRECISIONS = {"highest": lax.Precision.HIGHEST, "tf32": lax.Precision.DEFAULT, "bf16": lax.Precision.DEFAULT}
 
 
 def _dot(a, b, dims, prec):
+    if prec == "bf16":
+        a, b = a.astype(jnp.bfloat16), b.astype(jnp.bfloat16)
     return lax.dot_general(a, b, (dims, ((), ())), precision=PRECISIONS[prec], preferred_element_type=_F32)
 
 
