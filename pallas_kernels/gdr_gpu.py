@@ -33,11 +33,12 @@ chunk c of C = 64 tokens, start state S_c [Dk, Dv]:
 
 Why the Pallas Triton backend and not Mosaic GPU (`plgpu`): Mosaic GPU is the maintained
 route (Triton is deprecated since jax 0.11), but its kernels are written with warpgroup
-primitives (plgpu.wgmma, TMA copies, barriers) that jax 0.10.2 cannot run in interpret
-mode on a CPU, and this project has no GPU in CI: a kernel that cannot be checked
-anywhere before it reaches a device is the failure of issue 10. These kernels use only
-generic Pallas (refs, pl.ds, lax.dot_general, where, exp, iota), so the same body runs
-in interpret mode on CPU (tests/test_pallas_gdr.py) and lowers through Triton on a GPU;
+primitives (plgpu.wgmma, TMA copies, barriers) for which jax 0.10.2's Pallas interpreter
+has no rules (and its Mosaic GPU registration ignores `interpret`), and this project has
+no GPU in CI: a kernel that cannot be checked anywhere before it reaches a device is the
+failure of issue 10. These kernels use only generic Pallas (refs, pl.ds,
+lax.dot_general, where, exp, iota), so the same body runs in interpret mode on CPU and
+lowers to Triton IR for CUDA on a CPU-only machine (tests/test_pallas_gdr_gpu.py);
 jax 0.11 still ships the Triton lowering. Porting kernels 2-5 to plgpu is the upgrade path
 once `benchmarks/gpu_suite.py` has a GPU to verify it on.
 
