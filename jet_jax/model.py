@@ -103,6 +103,7 @@ class JetNemotronForCausalLM(nnx.Module):
         self.config = config
         self.remat = remat
         self.scan_layers = scan_layers
+        self.layers_stacked = False  # True after `stack_layers`: model.layers holds one module per run
         self.model = JetNemotronModel(config, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
                                       gdr_implementation=gdr_implementation,
                                       conv_implementation=conv_implementation,
@@ -118,10 +119,17 @@ class JetNemotronForCausalLM(nnx.Module):
 
         With `scan_layers`, one entry per run of `layer_runs()` instead: a run of several
         layers holds their caches stacked on a leading axis (the scan updates it in place)."""
-        per_layer = [layer.self_attn.init_cache(batch_size, max_length, dtype)
-                     for layer in self.model.layers]
-        return [per_layer[a] if z - a == 1 else stack_trees(per_layer[a:z])
-                for a, z in self.layer_runs()]
+        out = []
+        for (a, z), layers in zip(self.layer_runs(), self._run_layers()):
+            per_layer = [layer.self_attn.init_cache(batch_size, max_length, dtype) for layer in layers]
+            out.append(per_layer[0] if z - a == 1 else stack_trees(per_layer))
+        return out
+
+    def _run_layers(self) -> list[list]:
+        """Per run of `layer_runs()`, modules whose mixers describe its layers' caches."""
+        if self.layers_stacked:
+            return [[self.model.layers[r]] * (z - a) for r, (a, z) in enumerate(self.layer_runs())]
+        return [[self.model.layers[i] for i in range(a, z)] for a, z in self.layer_runs()]
 
     def cache_layer_types(self) -> list[str]:
         """The layer type of each entry of `init_cache`'s list."""
@@ -129,7 +137,7 @@ class JetNemotronForCausalLM(nnx.Module):
 
     def cache_bytes(self, batch_size: int, context: int, dtype_bytes: int = 2) -> int:
         return sum(layer.self_attn.cache_bytes(batch_size, context, dtype_bytes)
-                   for layer in self.model.layers)
+                   for layers in self._run_layers() for layer in layers)
 
     def logits_from_hidden(self, h: jax.Array) -> jax.Array:
         return output_logits(self, h)
@@ -168,10 +176,11 @@ class JetNemotronForCausalLM(nnx.Module):
         for r, (a, z) in enumerate(runs):
             layer_cache = None if cache is None else cache[r]
             if z - a == 1:
-                h, c = run_layer(self.model.layers[a], h, positions, segment_ids, layer_cache)
+                layer = self.model.layers[r if self.layers_stacked else a]
+                h, c = run_layer(layer, h, positions, segment_ids, layer_cache)
                 hs = [h]
             else:
-                h, c, hs = self._scan_run(a, z, h, positions, segment_ids, layer_cache,
+                h, c, hs = self._scan_run(r, a, z, h, positions, segment_ids, layer_cache,
                                           return_hidden_states)
             new_cache.append(c)
             if return_hidden_states:
@@ -183,14 +192,18 @@ class JetNemotronForCausalLM(nnx.Module):
             return logits, hidden
         return logits
 
-    def _scan_run(self, a, z, h, positions, segment_ids, cache, return_hidden):
-        """Layers a..z-1 (same type) as one lax.scan over their stacked parameters.
+    def _scan_run(self, r, a, z, h, positions, segment_ids, cache, return_hidden):
+        """Layers a..z-1 (same type; run r) as one lax.scan over their stacked parameters.
 
         The run's stacked cache travels in the carry and each layer's entry is written back
-        with a dynamic update, so a donated cache is updated in place."""
-        layers = [self.model.layers[i] for i in range(a, z)]
-        graphdef, _ = nnx.split(layers[0])
-        stacked = stack_trees([nnx.state(layer) for layer in layers])
+        with a dynamic update, so a donated cache is updated in place. Parameters are stacked
+        here (a copy inside the program) unless `stack_layers` stacked them beforehand."""
+        if self.layers_stacked:
+            graphdef, stacked = nnx.split(self.model.layers[r])
+        else:
+            layers = [self.model.layers[i] for i in range(a, z)]
+            graphdef, _ = nnx.split(layers[0])
+            stacked = stack_trees([nnx.state(layer) for layer in layers])
 
         def body(carry, xs):
             h, cache = carry
@@ -208,3 +221,42 @@ class JetNemotronForCausalLM(nnx.Module):
             body = jax.checkpoint(body)
         (h, cache), hs = jax.lax.scan(body, (h, cache), (stacked, jnp.arange(z - a)))
         return h, cache, ([hs[i] for i in range(z - a)] if return_hidden else [])
+
+
+def stack_layers(model: JetNemotronForCausalLM) -> JetNemotronForCausalLM:
+    """A scanning view of `model` (arrays shared, `model` unchanged) whose `model.layers`
+    holds one module per run of `layer_runs()`, its parameters stacked [n, ...] once here,
+    so jitted inference no longer stacks them inside every call. For inference; training,
+    checkpoints and HF conversion use the per-layer tree (`unstack_layers` goes back)."""
+    if model.layers_stacked:
+        return model
+    out = nnx.merge(*nnx.split(model))  # new module objects over the same arrays
+    out.scan_layers = True
+    mods = []
+    for a, z in out.layer_runs():
+        layers = [out.model.layers[i] for i in range(a, z)]
+        if z - a == 1:
+            mods.append(layers[0])
+        else:
+            graphdef, _ = nnx.split(layers[0])
+            mods.append(nnx.merge(graphdef, stack_trees([nnx.state(layer) for layer in layers])))
+    out.model.layers = nnx.List(mods)
+    out.layers_stacked = True
+    return out
+
+
+def unstack_layers(model: JetNemotronForCausalLM) -> JetNemotronForCausalLM:
+    """Inverse of `stack_layers`: the per-layer model ("model/layers/i/..." parameters)."""
+    if not model.layers_stacked:
+        return model
+    out = nnx.merge(*nnx.split(model))
+    layers = []
+    for mod, (a, z) in zip(out.model.layers, out.layer_runs()):
+        if z - a == 1:
+            layers.append(mod)
+        else:
+            graphdef, state = nnx.split(mod)
+            layers.extend(nnx.merge(graphdef, st) for st in unstack_tree(state, z - a))
+    out.model.layers = nnx.List(layers)
+    out.layers_stacked = False
+    return out

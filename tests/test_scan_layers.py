@@ -10,7 +10,7 @@ from flax import nnx
 
 from configs.presets import TINY_JET
 from jet_jax.generation import generate, left_pad, prefill
-from jet_jax.model import JetNemotronForCausalLM, layer_runs
+from jet_jax.model import JetNemotronForCausalLM, layer_runs, stack_layers, unstack_layers
 
 # Runs of 2 jet, 2 swa (window 32), 1 attn, 2 jet: three scanned runs and one single layer.
 CFG = TINY_JET.replace(initializer_range=0.2, num_hidden_layers=7,
@@ -75,3 +75,16 @@ def test_scanned_decode_after_prefill_equals_full_forward():
     want = generate(unrolled, prompts, max_new_tokens=12, prefill_chunk_size=8)
     got = generate(scanned, prompts, max_new_tokens=12, prefill_chunk_size=8)
     assert got == want
+    stacked = stack_layers(unrolled)  # parameters stacked once, outside the jitted steps
+    assert stacked.model.layers[0].mlp.up_proj.kernel.shape[0] == 2
+    assert generate(stacked, prompts, max_new_tokens=12, prefill_chunk_size=8) == want
+
+
+def test_stack_unstack_round_trip():
+    unrolled, _ = _models()
+    back = unstack_layers(stack_layers(unrolled))
+    a = nnx.to_flat_state(nnx.state(unrolled, nnx.Param))
+    b = nnx.to_flat_state(nnx.state(back, nnx.Param))
+    assert [p for p, _ in a] == [p for p, _ in b]
+    for (_, x), (_, y) in zip(a, b):
+        np.testing.assert_array_equal(x.get_value(), y.get_value())
