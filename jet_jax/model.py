@@ -144,13 +144,15 @@ class JetNemotronForCausalLM(nnx.Module):
 
     def __call__(self, input_ids: jax.Array, segment_ids: jax.Array | None = None,
                  positions: jax.Array | None = None, *, cache: list[dict] | None = None,
-                 return_hidden_states: bool = False, last_only: bool = False):
+                 return_hidden_states: bool = False, last_only: bool = False, head: bool = True):
         """input_ids: [B, T] int.
 
         Returns logits [B, T, V]; with `cache`, (logits, new_cache); with
         `return_hidden_states`, (logits, [h_0 .. h_L] each [B, T, D], the embeddings then the
         output of every layer). `last_only`: logits of the last position only, [B, 1, V], so a
-        long prefill never materialises [B, T, V].
+        long prefill never materialises [B, T, V]. `head=False`: the final normed hidden
+        states [B, T, D] in place of the logits (for chunked losses that apply
+        `logits_from_hidden` a few positions at a time).
         """
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be [batch, time], got shape {input_ids.shape}")
@@ -185,7 +187,8 @@ class JetNemotronForCausalLM(nnx.Module):
             new_cache.append(c)
             if return_hidden_states:
                 hidden.extend(hs)
-        logits = self.logits_from_hidden(self.model.norm(h[:, -1:] if last_only else h))
+        h = self.model.norm(h[:, -1:] if last_only else h)
+        logits = self.logits_from_hidden(h) if head else h
         if cache is not None:
             return logits, new_cache
         if return_hidden_states:
