@@ -99,7 +99,7 @@ def _reset_unstarted(cache, layer_types, started, runs=None):
 
     A chunk made only of left padding (segment 0) would otherwise leave a state that the
     next chunk (which starts the row's real segment) continues from. `runs`: the model's
-    `layer_runs()` (an entry of several layers is stacked on a leading axis), default one
+    `cache_runs()` (an entry of several layers is stacked on a leading axis), default one
     layer per entry.
     """
     runs = runs or [(i, i + 1) for i in range(len(cache))]
@@ -119,7 +119,7 @@ def _reset_unstarted(cache, layer_types, started, runs=None):
 def _prefill_chunk(graphdef, state, ids, segment_ids, positions, cache, started):
     model = nnx.merge(graphdef, state)
     logits, cache = forward_last(model, ids, segment_ids, positions, cache)
-    cache = _reset_unstarted(cache, model.cache_layer_types(), started, model.layer_runs())
+    cache = _reset_unstarted(cache, model.cache_layer_types(), started, model.cache_runs())
     return logits, cache
 
 

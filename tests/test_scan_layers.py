@@ -27,6 +27,8 @@ def _models():
 def test_layer_runs():
     assert layer_runs(CFG.layer_types, True) == [(0, 2), (2, 4), (4, 5), (5, 7)]
     assert layer_runs(CFG.layer_types, False) == [(i, i + 1) for i in range(7)]
+    # Cached calls keep one KV buffer per attention layer (updated in place when donated).
+    assert _models()[1].cache_runs() == [(0, 2), (2, 3), (3, 4), (4, 5), (5, 7)]
 
 
 def test_same_parameter_tree():
