@@ -108,3 +108,33 @@ def test_bad_input_names_the_problem():
         dot_product_attention(q, k, v, q_segment_ids=SEG[:, :10], kv_segment_ids=SEG)
     with pytest.raises(ValueError, match="not a multiple"):
         dot_product_attention(q[:, :, :3], k, v)
+
+
+def test_model_with_chunked_attention_equals_reference():
+    """Whole model (attn + swa layers, packed documents), full forward and a cached chunked
+    prefill: attention_implementation='chunked' (tiny blocks) == 'xla'."""
+    import functools
+
+    from flax import nnx
+
+    from configs.presets import TINY_QWEN2
+    from jet_jax.generation import left_pad, prefill
+    from jet_jax.model import JetNemotronForCausalLM
+    import jet_jax.ops.attention as attention_op
+
+    cfg = TINY_QWEN2.replace(num_hidden_layers=2, layer_types=("attn", "swa"), window_size=6,
+                             initializer_range=0.2)
+    ref = JetNemotronForCausalLM(cfg, rngs=nnx.Rngs(0), attention_implementation="xla")
+    ids = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, 21)), jnp.int32)
+    seg = jnp.asarray([[1] * 9 + [2] * 12, [1] * 21])
+    old = (attention_op.Q_BLOCK, attention_op.KV_BLOCK)
+    attention_op.Q_BLOCK, attention_op.KV_BLOCK = 4, 8  # several blocks at this tiny T
+    try:
+        chunked = JetNemotronForCausalLM(cfg, rngs=nnx.Rngs(0), attention_implementation="chunked")
+        np.testing.assert_allclose(chunked(ids, seg), ref(ids, seg), **TOL)
+        batch = left_pad([[3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13], [7, 8, 9]], multiple=4)
+        a, _ = prefill(ref, batch, ref.init_cache(2, 16), chunk_size=4)
+        b, _ = prefill(chunked, batch, chunked.init_cache(2, 16), chunk_size=4)
+        np.testing.assert_allclose(b, a, **TOL)
+    finally:
+        attention_op.Q_BLOCK, attention_op.KV_BLOCK = old

@@ -225,14 +225,15 @@ def choose_implementation(tq: int, tk: int, backend: str | None = None) -> str:
 
 def dot_product_attention(q, k, v, *, q_positions=None, kv_positions=None, q_segment_ids=None,
                           kv_segment_ids=None, window: int | None = None, scale: float | None = None,
-                          implementation: str = "auto", q_block: int = Q_BLOCK,
-                          kv_block: int = KV_BLOCK, splash_interpret: bool = False):
+                          implementation: str = "auto", q_block: int | None = None,
+                          kv_block: int | None = None, splash_interpret: bool = False):
     """q: [B, Tq, H, D], k/v: [B, Tk, KV, D] (H a multiple of KV) -> [B, Tq, H, D].
 
     q_positions: [B, Tq], kv_positions: [B, Tk] int (default 0..T-1; -1 = invisible key);
     q_segment_ids / kv_segment_ids: [B, Tq] / [B, Tk] (both or neither); window: sliding
     window in positions (query sees keys with q_pos - k_pos < window); scale defaults to
-    D**-0.5. See the module docstring for the implementations.
+    D**-0.5; q_block / kv_block: "chunked" tile sizes (default Q_BLOCK / KV_BLOCK). See the
+    module docstring for the implementations.
     """
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"attention: unknown implementation {implementation!r}; expected one of "
@@ -266,5 +267,5 @@ def dot_product_attention(q, k, v, *, q_positions=None, kv_positions=None, q_seg
     if implementation == "xla":
         out = _xla(*args)
     else:
-        out = _chunked(*args, q_block, kv_block)
+        out = _chunked(*args, q_block or Q_BLOCK, kv_block or KV_BLOCK)
     return out.reshape(b, tq, h, d)
