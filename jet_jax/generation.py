@@ -94,20 +94,24 @@ def forward_last(model, ids, segment_ids, positions, cache):
     return logits[:, 0], new_cache
 
 
-def _reset_unstarted(cache, layer_types, started):
+def _reset_unstarted(cache, layer_types, started, runs=None):
     """Zero the linear-attention states of rows that have seen no real token yet.
 
     A chunk made only of left padding (segment 0) would otherwise leave a state that the
-    next chunk (which starts the row's real segment) continues from.
+    next chunk (which starts the row's real segment) continues from. `runs`: the model's
+    `cache_runs()` (an entry of several layers is stacked on a leading axis), default one
+    layer per entry.
     """
+    runs = runs or [(i, i + 1) for i in range(len(cache))]
     out = []
-    for t, c in zip(layer_types, cache):
+    for t, c, (a, z) in zip(layer_types, cache, runs):
         if t in ATTENTION_TYPES:  # padding slots are marked -1 and never attended
             out.append(c)
             continue
+        lead = 1 if z - a > 1 else 0  # batch axis after the stacked layer axis
         out.append(jax.tree.map(
-            lambda x: jnp.where(started.reshape((-1,) + (1,) * (x.ndim - 1)), x,
-                                jnp.zeros_like(x)) if x.ndim else x, c))
+            lambda x: jnp.where(started.reshape((1,) * lead + (-1,) + (1,) * (x.ndim - 1 - lead)),
+                                x, jnp.zeros_like(x)) if x.ndim > lead else x, c))
     return out
 
 
@@ -115,7 +119,7 @@ def _reset_unstarted(cache, layer_types, started):
 def _prefill_chunk(graphdef, state, ids, segment_ids, positions, cache, started):
     model = nnx.merge(graphdef, state)
     logits, cache = forward_last(model, ids, segment_ids, positions, cache)
-    cache = _reset_unstarted(cache, model.config.layer_types, started)
+    cache = _reset_unstarted(cache, model.cache_layer_types(), started, model.cache_runs())
     return logits, cache
 
 

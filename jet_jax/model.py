@@ -8,6 +8,8 @@ from flax import nnx
 
 from jet_jax.config import ModelConfig
 from jet_jax.layers.decoder import DecoderLayer
+
+ATTENTION_TYPES = ("attn", "swa")  # layers whose decode cache is a KV buffer
 from jet_jax.layers.norms import RMSNorm
 from jet_jax.layers.rope import positions_from_segments
 from jet_jax.sharding import partitioned
@@ -45,13 +47,37 @@ def output_logits(model, h: jax.Array) -> jax.Array:
     return logits.astype(jnp.float32)
 
 
+def layer_runs(layer_types, scan: bool) -> list[tuple[int, int]]:
+    """[start, stop) index ranges of the layers run together: maximal runs of consecutive
+    same-type layers when scanning (each run is one `lax.scan`), else one layer each."""
+    runs = []
+    for i, t in enumerate(layer_types):
+        if scan and runs and layer_types[runs[-1][0]] == t:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return runs
+
+
+def stack_trees(trees):
+    """Stack same-structure pytrees along a new leading axis (layer states, layer caches)."""
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def unstack_tree(tree, n: int) -> list:
+    """Inverse of `stack_trees`: the n per-layer pytrees."""
+    return [jax.tree.map(lambda x: x[i], tree) for i in range(n)]
+
+
 class JetNemotronModel(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype, param_dtype,
-                 gdr_implementation: str, conv_implementation: str):
+                 gdr_implementation: str, conv_implementation: str,
+                 attention_implementation: str = "auto"):
         self.embed_tokens = make_token_embedding(cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         self.layers = nnx.List([
             DecoderLayer(cfg, t, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
-                         gdr_implementation=gdr_implementation, conv_implementation=conv_implementation)
+                         gdr_implementation=gdr_implementation, conv_implementation=conv_implementation,
+                         attention_implementation=attention_implementation)
             for t in cfg.layer_types])
         self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
 
@@ -62,46 +88,105 @@ class JetNemotronForCausalLM(nnx.Module):
     `segment_ids` [B, T] marks packed documents: attention, convolutions and recurrent states
     never cross a document boundary, and RoPE positions restart per document unless
     `positions` is given.
+
+    `scan_layers=True` runs each maximal run of consecutive same-type layers as one
+    `lax.scan` over their stacked parameters (stacked inside the traced function), so compile
+    time stops growing with depth. Parameters stay stored per layer ("model/layers/i/..."):
+    checkpoints, HF conversion and the PostNAS super-network see the same tree either way.
+    Only the decode cache's layout follows the setting (one entry per run, stacked on a
+    leading layer axis; see `init_cache`). `attention_implementation`: see
+    jet_jax.ops.attention.
     """
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, dtype=jnp.float32,
                  param_dtype=jnp.float32, gdr_implementation: str = "auto",
-                 conv_implementation: str = "auto", remat: bool = False):
+                 conv_implementation: str = "auto", remat: bool = False,
+                 scan_layers: bool = False, attention_implementation: str = "auto"):
         self.config = config
         self.remat = remat
+        self.scan_layers = scan_layers
+        self.layers_stacked = False  # True after `stack_layers`: model.layers holds one module per run
         self.model = JetNemotronModel(config, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
                                       gdr_implementation=gdr_implementation,
-                                      conv_implementation=conv_implementation)
+                                      conv_implementation=conv_implementation,
+                                      attention_implementation=attention_implementation)
         if not config.tie_word_embeddings:
             self.lm_head = make_lm_head(config, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
 
+    def layer_runs(self) -> list[tuple[int, int]]:
+        return layer_runs(self.config.layer_types, self.scan_layers)
+
+    def cache_runs(self) -> list[tuple[int, int]]:
+        """The runs a cached (prefill/decode) call uses, one cache entry each: `layer_runs()`
+        with attention runs split into single layers, so every KV buffer stays its own
+        donated array that the step updates in place (slicing a layer out of a stacked KV
+        buffer inside a scan copies it: 38% of the cache as temporaries, measured)."""
+        out = []
+        for a, z in self.layer_runs():
+            if self.config.layer_types[a] in ATTENTION_TYPES:
+                out.extend((i, i + 1) for i in range(a, z))
+            else:
+                out.append((a, z))
+        return out
+
     def init_cache(self, batch_size: int, max_length: int, dtype=jnp.float32) -> list[dict]:
-        """One cache per layer: KV buffer (`attn`), ring buffer (`swa`), O(1) state (linear)."""
-        return [layer.self_attn.init_cache(batch_size, max_length, dtype) for layer in self.model.layers]
+        """One cache per layer: KV buffer (`attn`), ring buffer (`swa`), O(1) state (linear).
+
+        With `scan_layers`, one entry per run of `cache_runs()` instead: a run of several
+        linear layers holds their states stacked on a leading axis."""
+        out = []
+        for a, z in self.cache_runs():
+            per_layer = [self._layer(i, False).self_attn.init_cache(batch_size, max_length, dtype)
+                         for i in range(a, z)]
+            out.append(per_layer[0] if z - a == 1 else stack_trees(per_layer))
+        return out
+
+    def _layer(self, i: int, slice_params: bool = True) -> DecoderLayer:
+        """Layer i as a module (sliced out of its stacked run after `stack_layers`; with
+        `slice_params=False` the run's module itself, enough to describe the layer's cache)."""
+        if not self.layers_stacked:
+            return self.model.layers[i]
+        for r, (a, z) in enumerate(self.cache_runs()):
+            if a <= i < z:
+                mod = self.model.layers[r]
+                if z - a == 1 or not slice_params:
+                    return mod
+                graphdef, state = nnx.split(mod)
+                return nnx.merge(graphdef, jax.tree.map(lambda x: x[i - a], state))
+        raise IndexError(f"layer {i} out of range")
+
+    def cache_layer_types(self) -> list[str]:
+        """The layer type of each entry of `init_cache`'s list."""
+        return [self.config.layer_types[a] for a, _ in self.cache_runs()]
 
     def cache_bytes(self, batch_size: int, context: int, dtype_bytes: int = 2) -> int:
-        return sum(layer.self_attn.cache_bytes(batch_size, context, dtype_bytes)
-                   for layer in self.model.layers)
+        return sum(self._layer(i, False).self_attn.cache_bytes(batch_size, context, dtype_bytes)
+                   for i in range(self.config.num_hidden_layers))
 
     def logits_from_hidden(self, h: jax.Array) -> jax.Array:
         return output_logits(self, h)
 
     def __call__(self, input_ids: jax.Array, segment_ids: jax.Array | None = None,
                  positions: jax.Array | None = None, *, cache: list[dict] | None = None,
-                 return_hidden_states: bool = False, last_only: bool = False):
+                 return_hidden_states: bool = False, last_only: bool = False, head: bool = True):
         """input_ids: [B, T] int.
 
         Returns logits [B, T, V]; with `cache`, (logits, new_cache); with
         `return_hidden_states`, (logits, [h_0 .. h_L] each [B, T, D], the embeddings then the
         output of every layer). `last_only`: logits of the last position only, [B, 1, V], so a
-        long prefill never materialises [B, T, V].
+        long prefill never materialises [B, T, V]. `head=False`: the final normed hidden
+        states [B, T, D] in place of the logits (for chunked losses that apply
+        `logits_from_hidden` a few positions at a time).
         """
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be [batch, time], got shape {input_ids.shape}")
         if segment_ids is not None and segment_ids.shape != input_ids.shape:
             raise ValueError(f"segment_ids shape {segment_ids.shape} != input_ids shape {input_ids.shape}")
-        if cache is not None and len(cache) != len(self.model.layers):
-            raise ValueError(f"cache has {len(cache)} layers, model has {len(self.model.layers)}")
+        # A stacked model holds one module per cache run (attention layers stay single).
+        runs = self.layer_runs() if cache is None and not self.layers_stacked else self.cache_runs()
+        if cache is not None and len(cache) != len(runs):
+            raise ValueError(f"cache has {len(cache)} entries, model expects {len(runs)} "
+                             f"(scan_layers={self.scan_layers}); build it with model.init_cache")
         if positions is None:
             if cache is not None:
                 raise ValueError("positions are required when decoding with a cache")
@@ -115,14 +200,91 @@ class JetNemotronForCausalLM(nnx.Module):
 
         if self.remat and cache is None:
             run_layer = nnx.remat(run_layer)
-        for i, layer in enumerate(self.model.layers):
-            h, c = run_layer(layer, h, positions, segment_ids, None if cache is None else cache[i])
+        for r, (a, z) in enumerate(runs):
+            layer_cache = None if cache is None else cache[r]
+            if z - a == 1:
+                h, c = run_layer(self._layer(a), h, positions, segment_ids, layer_cache)
+                hs = [h]
+            else:
+                h, c, hs = self._scan_run(a, z, h, positions, segment_ids, layer_cache,
+                                          return_hidden_states)
             new_cache.append(c)
             if return_hidden_states:
-                hidden.append(h)
-        logits = self.logits_from_hidden(self.model.norm(h[:, -1:] if last_only else h))
+                hidden.extend(hs)
+        h = self.model.norm(h[:, -1:] if last_only else h)
+        logits = self.logits_from_hidden(h) if head else h
         if cache is not None:
             return logits, new_cache
         if return_hidden_states:
             return logits, hidden
         return logits
+
+    def _scan_run(self, a, z, h, positions, segment_ids, cache, return_hidden):
+        """Layers a..z-1 (one run of `layer_runs()`) as one lax.scan over stacked parameters.
+
+        The run's stacked cache travels in the carry and each layer's entry is written back
+        with a dynamic update, so a donated cache is updated in place. Parameters are stacked
+        here (a copy inside the program) unless `stack_layers` stacked them beforehand."""
+        if self.layers_stacked:
+            graphdef, stacked = nnx.split(self.model.layers[self.cache_runs().index((a, z))])
+        else:
+            layers = [self.model.layers[i] for i in range(a, z)]
+            graphdef, _ = nnx.split(layers[0])
+            stacked = stack_trees([nnx.state(layer) for layer in layers])
+
+        def body(carry, xs):
+            h, cache = carry
+            state, i = xs
+            layer = nnx.merge(graphdef, state)
+            layer_cache = None if cache is None else jax.tree.map(
+                lambda x: jax.lax.dynamic_index_in_dim(x, i, 0, keepdims=False), cache)
+            h, new = layer(h, positions=positions, segment_ids=segment_ids, cache=layer_cache)
+            if cache is not None:
+                cache = jax.tree.map(lambda x, n: jax.lax.dynamic_update_index_in_dim(x, n, i, 0),
+                                     cache, new)
+            return (h, cache), (h if return_hidden else None)
+
+        if self.remat and cache is None:
+            body = jax.checkpoint(body)
+        (h, cache), hs = jax.lax.scan(body, (h, cache), (stacked, jnp.arange(z - a)))
+        return h, cache, ([hs[i] for i in range(z - a)] if return_hidden else [])
+
+
+def stack_layers(model: JetNemotronForCausalLM) -> JetNemotronForCausalLM:
+    """A scanning view of `model` (arrays shared, `model` unchanged) whose `model.layers`
+    holds one module per run of `cache_runs()`, its parameters stacked [n, ...] once here,
+    so jitted inference no longer stacks them inside every call (attention layers stay
+    single: their KV buffers are updated in place). For inference; training, checkpoints
+    and HF conversion use the per-layer tree (`unstack_layers` goes back)."""
+    if model.layers_stacked:
+        return model
+    out = nnx.merge(*nnx.split(model))  # new module objects over the same arrays
+    out.scan_layers = True
+    mods = []
+    for a, z in out.cache_runs():
+        layers = [out.model.layers[i] for i in range(a, z)]
+        if z - a == 1:
+            mods.append(layers[0])
+        else:
+            graphdef, _ = nnx.split(layers[0])
+            mods.append(nnx.merge(graphdef, stack_trees([nnx.state(layer) for layer in layers])))
+    out.model.layers = nnx.List(mods)
+    out.layers_stacked = True
+    return out
+
+
+def unstack_layers(model: JetNemotronForCausalLM) -> JetNemotronForCausalLM:
+    """Inverse of `stack_layers`: the per-layer model ("model/layers/i/..." parameters)."""
+    if not model.layers_stacked:
+        return model
+    out = nnx.merge(*nnx.split(model))
+    layers = []
+    for mod, (a, z) in zip(out.model.layers, out.cache_runs()):
+        if z - a == 1:
+            layers.append(mod)
+        else:
+            graphdef, state = nnx.split(mod)
+            layers.extend(nnx.merge(graphdef, st) for st in unstack_tree(state, z - a))
+    out.model.layers = nnx.List(layers)
+    out.layers_stacked = False
+    return out

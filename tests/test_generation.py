@@ -224,7 +224,7 @@ def test_generate_cli_streams_from_orbax_checkpoint(tmp_path, capsys):
 # ---------------------------------------------------------------------------------------
 
 def test_bench_measure_table_and_plot(tmp_path):
-    from jet_jax.commands.bench import Row, fit_batch, format_table, measure, plot
+    from jet_jax.commands.bench import Row, decode_step_bytes, fit_batch, fit_batch_formula, format_table, measure, plot
 
     model = _model("student")
     row = measure(model, "student", 16, budget_bytes=2 ** 30, max_batch=4, decode_steps=2,
@@ -235,7 +235,11 @@ def test_bench_measure_table_and_plot(tmp_path):
     teacher = _model("teacher")
     from jet_jax.commands.bench import param_bytes
     per_seq = teacher.cache_bytes(1, 1024, 4) + 4 * 512
-    assert fit_batch(teacher, 1024, param_bytes(teacher) + 5.5 * per_seq, 4, 100) == 5
+    assert fit_batch_formula(teacher, 1024, param_bytes(teacher) + 5.5 * per_seq, 4, 100) == 5
+    # The planner reads the compiled step's memory: the batch it picks fits, one more does not.
+    budget = decode_step_bytes(teacher, 5, 1024, jnp.float32) + 1
+    b = fit_batch(teacher, 1024, budget, jnp.float32, 100)
+    assert b == 5 and decode_step_bytes(teacher, 6, 1024, jnp.float32) > budget
     rows = [Row(n, c, 2, 100.0, 50.0 * (2 if n == "student" else 1), 3.0, c * 10)
             for n in ("student", "teacher") for c in (64, 128)]
     assert len(format_table(rows).splitlines()) == 6

@@ -68,8 +68,14 @@ class DistillStep:
     loss_cfg: LossSection
     mesh: Mesh
     total_steps: int  # optimizer steps, for the lr schedule
+    # > 0: KL/CE from hidden states over sequence chunks of this many positions, so the
+    # [B, T, vocab] float32 logits never exist whole (train.losses.chunked_kl_and_ce).
+    # None: the loss section's `logits_chunk` if it has one, else 0 (whole logits).
+    logits_chunk: int | None = None
 
     def __post_init__(self):
+        if self.logits_chunk is None:
+            self.logits_chunk = int(getattr(self.loss_cfg, "logits_chunk", 0) or 0)
         self.labels = param_labels(self.student.names, self.optimizer_cfg)
         self.tx, self.schedule = make_optimizer(self.optimizer_cfg, self.labels, self.total_steps)
         self.accum = self.optimizer_cfg.grad_accum_steps
@@ -140,27 +146,40 @@ class DistillStep:
         return jax.block_until_ready(jax.device_put(dict(teacher_params), self.teacher_shardings))
 
     # ---------------------------------------------------------------- math
-    def _forward(self, flat: FlatModel, params, batch, hidden: bool):
+    def _forward(self, flat: FlatModel, params, batch, hidden: bool, head: bool = True):
         model = flat.merge(params)
         return model(batch["input_ids"], batch["segment_ids"], batch["positions"],
-                     return_hidden_states=hidden)
+                     return_hidden_states=hidden, head=head)
 
-    def _loss(self, student_out, teacher_out, batch):
+    def _loss_forward(self, flat: FlatModel, params, batch, hidden: bool):
+        """The outputs the loss reads; with `logits_chunk`, final hidden states + the head."""
+        if not self.logits_chunk:
+            return self._forward(flat, params, batch, hidden), None
+        model = flat.merge(params)
+        out = model(batch["input_ids"], batch["segment_ids"], batch["positions"],
+                    return_hidden_states=hidden, head=False)
+        return out, model.logits_from_hidden
+
+    def _loss(self, student_out, teacher_out, batch, heads=None):
         c = self.loss_cfg
         return distill_loss(student_out, teacher_out, batch, temperature=c.temperature,
                             kl_weight=c.kl_weight, ce_weight=c.ce_weight,
-                            mse_weight=c.mse_weight, mse_layers=c.mse_layers)
+                            mse_weight=c.mse_weight, mse_layers=c.mse_layers,
+                            heads=heads, logits_chunk=self.logits_chunk or 512)
 
     def _step_fn(self, state, teacher_params, batch):
         hidden = self.loss_cfg.mse_weight > 0
-        teacher_out = jax.lax.stop_gradient(self._forward(self.teacher, teacher_params, batch, hidden))
+        teacher_out, teacher_head = self._loss_forward(self.teacher, teacher_params, batch, hidden)
+        teacher_out = jax.lax.stop_gradient(teacher_out)
         params = state["params"]
         trainable = {k: v for k, v in params.items() if self.labels[k] == TRAINABLE}
         frozen = {k: v for k, v in params.items() if self.labels[k] == FROZEN}
 
         def loss_fn(trainable_params):
-            out = self._forward(self.student, {**frozen, **trainable_params}, batch, hidden)
-            return self._loss(out, teacher_out, batch)
+            out, student_head = self._loss_forward(self.student, {**frozen, **trainable_params},
+                                                   batch, hidden)
+            heads = None if student_head is None else (student_head, teacher_head)
+            return self._loss(out, teacher_out, batch, heads)
 
         (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
         metrics["grad_norm"] = optax.global_norm(grads)
@@ -176,12 +195,14 @@ class DistillStep:
 
     def _eval_fn(self, params, teacher_params, batch):
         hidden = self.loss_cfg.mse_weight > 0
-        teacher_out = self._forward(self.teacher, teacher_params, batch, hidden)
-        student_out = self._forward(self.student, params, batch, hidden)
-        _, metrics = self._loss(student_out, teacher_out, batch)
+        teacher_out, teacher_head = self._loss_forward(self.teacher, teacher_params, batch, hidden)
+        student_out, student_head = self._loss_forward(self.student, params, batch, hidden)
+        heads = None if student_head is None else (student_head, teacher_head)
+        _, metrics = self._loss(student_out, teacher_out, batch, heads)
         t_logits = teacher_out[0] if hidden else teacher_out
-        _, t_metrics = self._loss(t_logits, t_logits, batch) if not hidden else \
-            self._loss((t_logits, teacher_out[1]), teacher_out, batch)
+        t_heads = None if heads is None else (teacher_head, teacher_head)
+        _, t_metrics = self._loss(t_logits, t_logits, batch, t_heads) if not hidden else \
+            self._loss((t_logits, teacher_out[1]), teacher_out, batch, t_heads)
         metrics["teacher_ce"] = t_metrics["ce"]
         return metrics
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
+import os
 import math
 import sys
 import time
@@ -78,11 +80,68 @@ def jet_only(student: ModelConfig) -> ModelConfig:
     return student.replace(layer_types=("jet",) * student.num_hidden_layers)
 
 
-def fit_batch(model, max_len: int, budget_bytes: float, dtype_bytes: int, max_batch: int) -> int:
-    """Largest batch whose cache (+ parameters + per-row logits) fits `budget_bytes`."""
+def fit_batch_formula(model, max_len: int, budget_bytes: float, dtype_bytes: int, max_batch: int) -> int:
+    """Largest batch whose cache (+ parameters + per-row logits) fits `budget_bytes`, by
+    formula (ignores the step's temporaries; `fit_batch` measures them)."""
     per_seq = model.cache_bytes(1, max_len, dtype_bytes) + 4 * model.config.vocab_size
     free = budget_bytes - param_bytes(model)
     return max(1, min(max_batch, int(free // per_seq)))
+
+
+def _abstract_cache(model, batch: int, max_len: int, cache_dtype):
+    import jax
+    return jax.eval_shape(lambda: model.init_cache(batch, max_len, cache_dtype))
+
+
+def decode_step_bytes(model, batch: int, max_len: int, cache_dtype, decode_steps: int = 1) -> int | None:
+    """Device bytes the compiled decode loop (`_decode_n`, cache donated) needs at `batch`:
+    arguments + outputs - donated aliases + temporaries, from XLA's memory_analysis()
+    (compiled on abstract shapes, nothing allocated). None where the backend gives none."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    graphdef, state = nnx.split(model)
+    i32 = jax.ShapeDtypeStruct((batch,), jnp.int32)
+    compiled = _decode_jit().lower(graphdef, state, i32, i32,
+                                   _abstract_cache(model, batch, max_len, cache_dtype),
+                                   n=decode_steps).compile()
+    ma = compiled.memory_analysis()
+    if ma is None:
+        return None
+    return int(ma.argument_size_in_bytes + ma.output_size_in_bytes - ma.alias_size_in_bytes
+               + ma.temp_size_in_bytes)
+
+
+def fit_batch(model, max_len: int, budget_bytes: float, cache_dtype, max_batch: int,
+              decode_steps: int = 1) -> int:
+    """Largest batch (<= max_batch) whose compiled decode step fits `budget_bytes`.
+
+    Reads the compiled step's memory_analysis() at batch 2 and 4 (bytes are affine in the
+    batch from 2 on), solves for the budget, then checks the answer by compiling it (and shrinks if
+    XLA needs more there). Falls back to `fit_batch_formula` without memory analysis."""
+    import jax.numpy as jnp
+
+    need = lambda b: decode_step_bytes(model, b, max_len, cache_dtype, decode_steps)
+    m2 = need(2)
+    if m2 is None:
+        return fit_batch_formula(model, max_len, budget_bytes, jnp.dtype(cache_dtype).itemsize,
+                                 max_batch)
+    # Batch 1 compiles to a different program (size-1 dims fold away): fit on 2 and 4.
+    per_row = max((need(4) - m2) / 2, 1.0)
+    b = max(1, min(max_batch, int((budget_bytes - (m2 - 2 * per_row)) // per_row)))
+    for _ in range(8):
+        used = need(b)
+        if b == 1 or used <= budget_bytes:
+            break
+        b = max(1, min(b - 1, int(b * budget_bytes / used)))
+    return b
+
+
+@functools.cache
+def _decode_jit():
+    import jax
+    return jax.jit(_decode_n, static_argnames=("graphdef", "n"), donate_argnames=("cache",))
 
 
 def _decode_n(graphdef, state, tokens, positions, cache, n):
@@ -101,10 +160,16 @@ def _decode_n(graphdef, state, tokens, positions, cache, n):
     return jax.lax.fori_loop(0, n, body, (tokens, positions, cache))
 
 
-def _tile(cache, batch):
+def _tile(cache, batch, like):
+    """Repeat a batch-1 cache `batch` times along each leaf's batch axis (the axis where
+    `like`, the abstract batch-`batch` cache, differs; stacked run caches have it second)."""
     import jax
     import jax.numpy as jnp
-    return jax.tree.map(lambda x: jnp.repeat(x, batch, axis=0) if x.ndim else x, cache)
+
+    def one(x, ref):
+        diff = [i for i, (a, b) in enumerate(zip(x.shape, ref.shape)) if a != b]
+        return jnp.repeat(x, batch, axis=diff[0]) if diff else x
+    return jax.tree.map(one, cache, like)
 
 
 def measure(model, name: str, context: int, *, budget_bytes: float, max_batch: int,
@@ -146,11 +211,11 @@ def measure(model, name: str, context: int, *, budget_bytes: float, max_batch: i
         prefill_s = min(prefill_s, time.perf_counter() - t0)
 
     # Decode at the largest batch that fits: replicate the filled cache across rows.
-    b = fit_batch(model, max_len, budget_bytes, dtype_bytes, max_batch)
-    cache = _tile(cache, b)
+    b = fit_batch(model, max_len, budget_bytes, cache_dtype, max_batch, decode_steps)
+    cache = _tile(cache, b, _abstract_cache(model, b, max_len, cache_dtype))
     tok = jnp.repeat(jnp.argmax(logits, -1).astype(jnp.int32), b)
     pos = jnp.full((b,), context, jnp.int32)
-    step = jax.jit(_decode_n, static_argnames=("graphdef", "n"), donate_argnames=("cache",))
+    step = _decode_jit()
     tok, pos, cache = jax.block_until_ready(step(graphdef, state, tok, pos, cache, n=decode_steps))
     decode_s = math.inf  # best of `repeats` runs of `decode_steps` steps (each continues the
     for _ in range(repeats):  # stream, so the context grows by decode_steps per run)
@@ -224,8 +289,15 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="skip the all-JetBlock variant of the student")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
                         help="parameter, compute and cache dtype")
-    parser.add_argument("--plot", default="throughput.png", help="PNG output path ('' = none)")
-    parser.add_argument("--json", default=None, help="also write the rows as JSON here")
+    parser.add_argument("--output-dir", default="bench-results",
+                        help="directory for the plot and the JSON rows (created)")
+    parser.add_argument("--plot", default="throughput.png",
+                        help="PNG file name under --output-dir ('' = none)")
+    parser.add_argument("--json", default="throughput.json",
+                        help="JSON file name under --output-dir ('' = none)")
+    parser.add_argument("--unrolled", action="store_true",
+                        help="run every layer unrolled (default: runs of same-type layers as one "
+                             "lax.scan over stacked parameters)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -233,7 +305,7 @@ def run(args: argparse.Namespace) -> int:
     import jax.numpy as jnp
     from flax import nnx
 
-    from jet_jax.model import JetNemotronForCausalLM
+    from jet_jax.model import JetNemotronForCausalLM, stack_layers
 
     on_gpu = jax.default_backend() in ("gpu", "cuda", "rocm", "tpu")
     d = dict(GPU_DEFAULTS if on_gpu else CPU_DEFAULTS)
@@ -248,22 +320,23 @@ def run(args: argparse.Namespace) -> int:
     print(f"teacher: {teacher_cfg.describe()}")
     if args.jet_only:
         print("jet-only: the student with every layer a JetBlock (O(1) decode state)")
+    print(format_table([]))
     models = [("student", student_cfg), ("teacher", teacher_cfg)]
     if args.jet_only:
         models.insert(1, ("jet-only", jet_only(student_cfg)))
     rows = []
     for name, cfg in models:
         model = JetNemotronForCausalLM(cfg, rngs=nnx.Rngs(0), dtype=dt, param_dtype=dt)
+        if not args.unrolled:
+            model = stack_layers(model)
         for ctx in d["contexts"]:
             row = measure(model, name, ctx, budget_bytes=d["budget_gib"] * 2 ** 30,
                           max_batch=d["max_batch"], decode_steps=d["decode_steps"],
                           prefill_chunk=d["prefill_chunk"], cache_dtype=dt,
                           repeats=d["repeats"])
             rows.append(row)
-            print(format_table([row]).splitlines()[-1], flush=True)
+            print(format_table([row]).splitlines()[-1], flush=True)  # each row once, as measured
         del model
-    print()
-    print(format_table(rows))
     by = {(r.model, r.context): r for r in rows}
     print("\nstudent / teacher:")
     for ctx in d["contexts"]:
@@ -271,12 +344,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"  context {ctx:>6}: decode {s.decode_tok_s / t.decode_tok_s:6.2f}x, prefill "
               f"{s.prefill_tok_s / t.prefill_tok_s:5.2f}x, cache "
               f"{t.cache_bytes_per_seq / s.cache_bytes_per_seq:6.1f}x smaller")
+    if args.plot or args.json:
+        os.makedirs(args.output_dir, exist_ok=True)
     if args.plot:
-        plot(rows, args.plot)
-        print(f"plot written to {args.plot}")
+        path = os.path.join(args.output_dir, args.plot)
+        plot(rows, path)
+        print(f"plot written to {path}")
     if args.json:
-        with open(args.json, "w") as f:
+        path = os.path.join(args.output_dir, args.json)
+        with open(path, "w") as f:
             json.dump([dataclasses.asdict(r) for r in rows], f, indent=2)
+        print(f"rows written to {path}")
     return 0
 
 

@@ -14,17 +14,19 @@ from flax import nnx
 
 from jet_jax.config import ModelConfig
 from jet_jax.layers.rope import apply_rope
+from jet_jax.ops.attention import dot_product_attention
 from jet_jax.sharding import partitioned
 
 NEG_INF = -1e30
 
 
 def attention_scores_softmax(q, k, v, mask, scale):
-    """q: [B, Tq, KV, G, D], k/v: [B, Tk, KV, D], mask: [B, Tq, Tk] -> [B, Tq, KV, G, D]."""
+    """Dense reference kept for callers of the old helper (jet_jax.ops.attention holds the op).
+
+    q: [B, Tq, KV, G, D], k/v: [B, Tk, KV, D], mask: [B, Tq, Tk] -> [B, Tq, KV, G, D]."""
     s = jnp.einsum("bqngd,bknd->bngqk", q, k, preferred_element_type=jnp.float32) * scale
     s = jnp.where(mask[:, None, None], s, NEG_INF)
     p = jax.nn.softmax(s, axis=-1)
-    # A query with no visible key (padding rows) gets zeros instead of a uniform average.
     p = jnp.where(mask[:, None, None].any(-1, keepdims=True), p, 0.0)
     return jnp.einsum("bngqk,bknd->bqngd", p.astype(v.dtype), v)
 
@@ -33,10 +35,11 @@ class Attention(nnx.Module):
     """x: [B, T, D] -> [B, T, D]. window=None: full causal; else sliding window."""
 
     def __init__(self, cfg: ModelConfig, *, window: int | None, rngs: nnx.Rngs,
-                 dtype=jnp.float32, param_dtype=jnp.float32):
+                 dtype=jnp.float32, param_dtype=jnp.float32, implementation: str = "auto"):
         d, h, kv, hd = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         self.num_heads, self.num_kv_heads, self.head_dim = h, kv, hd
         self.window = window
+        self.implementation = implementation  # jet_jax.ops.attention implementations
         self.rope_theta = cfg.rope_theta
         init = nnx.initializers.normal(cfg.initializer_range)
         zeros = nnx.initializers.zeros_init()
@@ -52,7 +55,7 @@ class Attention(nnx.Module):
 
     def init_cache(self, batch_size: int, max_length: int, dtype=jnp.float32) -> dict:
         slots = max_length if self.window is None else min(self.window, max_length)
-        shape = (batch_size, slots, self.num_kv_heads, self.head_dim)
+        shape = (batch_size, self.num_kv_heads, slots, self.head_dim)  # heads before slots
         return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
                 "slot_index": jnp.full((batch_size, slots), -1, jnp.int32),
                 "length": jnp.zeros((), jnp.int32)}
@@ -73,18 +76,10 @@ class Attention(nnx.Module):
         v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
         q = apply_rope(q, positions, self.rope_theta)
         k = apply_rope(k, positions, self.rope_theta)
-        groups = self.num_heads // self.num_kv_heads
-        q = q.reshape(b, t, self.num_kv_heads, groups, self.head_dim)
-
         if cache is None:
-            qi = jnp.arange(t)
-            mask = qi[:, None] >= qi[None, :]
-            if self.window is not None:
-                mask &= (qi[:, None] - qi[None, :]) < self.window
-            mask = jnp.broadcast_to(mask, (b, t, t))
-            if segment_ids is not None:
-                mask &= segment_ids[:, :, None] == segment_ids[:, None, :]
-            keys, values, new_cache = k, v, None
+            out = dot_product_attention(q, k, v, q_segment_ids=segment_ids, kv_segment_ids=segment_ids,
+                                        window=self.window, implementation=self.implementation)
+            new_cache = None
         else:
             start = cache["length"]
             new_index = start + jnp.arange(t, dtype=jnp.int32)[None, :]
@@ -97,27 +92,31 @@ class Attention(nnx.Module):
                 # avoids copying the whole buffer every decode step.
                 keys, values, key_index = new_cache["k"], new_cache["v"], new_cache["slot_index"]
             else:  # a multi-token ring-buffer write may evict keys earlier queries need
-                keys = jnp.concatenate([cache["k"], k.astype(cache["k"].dtype)], axis=1)
-                values = jnp.concatenate([cache["v"], v.astype(cache["v"].dtype)], axis=1)
+                keys = jnp.concatenate([cache["k"], jnp.swapaxes(k, 1, 2).astype(cache["k"].dtype)], axis=2)
+                values = jnp.concatenate([cache["v"], jnp.swapaxes(v, 1, 2).astype(cache["v"].dtype)], axis=2)
                 key_index = jnp.concatenate([cache["slot_index"], new_index], axis=1)
-            q_index = start + jnp.arange(t, dtype=jnp.int32)
-            mask = (key_index[:, None, :] >= 0) & (key_index[:, None, :] <= q_index[None, :, None])
-            if self.window is not None:
-                mask &= (q_index[None, :, None] - key_index[:, None, :]) < self.window
-        out = attention_scores_softmax(q, keys.astype(q.dtype), values.astype(q.dtype), mask,
-                                       self.head_dim ** -0.5)
+            # Cache buffers are [B, KV, slots, D]: the score and value matmuls read them in
+            # place (no per-step transposed copy of a layer's K and V).
+            q_index = jnp.broadcast_to(start + jnp.arange(t, dtype=jnp.int32), (b, t))
+            impl = "xla" if self.implementation == "auto" and t == 1 else self.implementation
+            out = dot_product_attention(q, jnp.swapaxes(keys, 1, 2), jnp.swapaxes(values, 1, 2),
+                                        q_positions=q_index, kv_positions=key_index,
+                                        window=self.window, implementation=impl)
         return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim)), new_cache
 
     def _write_cache(self, cache, k, v, new_index, start):
-        slots = cache["k"].shape[1]
+        slots = cache["k"].shape[2]
         t = k.shape[1]
         if self.window is None:
-            upd = lambda buf, new: jax.lax.dynamic_update_slice_in_dim(buf, new.astype(buf.dtype), start, 1)
-            return {"k": upd(cache["k"], k), "v": upd(cache["v"], v),
-                    "slot_index": upd(cache["slot_index"], new_index), "length": start + t}
+            upd = lambda buf, new, axis: jax.lax.dynamic_update_slice_in_dim(
+                buf, new.astype(buf.dtype), start, axis)
+            return {"k": upd(cache["k"], jnp.swapaxes(k, 1, 2), 2),
+                    "v": upd(cache["v"], jnp.swapaxes(v, 1, 2), 2),
+                    "slot_index": upd(cache["slot_index"], new_index, 1), "length": start + t}
         # Ring buffer: only the newest `slots` tokens survive; their slots are distinct.
         keep = min(t, slots)
         pos = (start + t - keep + jnp.arange(keep)) % slots
         upd = lambda buf, new: buf.at[:, pos].set(new[:, t - keep:].astype(buf.dtype))
-        return {"k": upd(cache["k"], k), "v": upd(cache["v"], v),
+        kv_upd = lambda buf, new: buf.at[:, :, pos].set(jnp.swapaxes(new[:, t - keep:], 1, 2).astype(buf.dtype))
+        return {"k": kv_upd(cache["k"], k), "v": kv_upd(cache["v"], v),
                 "slot_index": upd(cache["slot_index"], new_index), "length": start + t}

@@ -14,12 +14,15 @@ from jet_jax.layers.norms import RMSNorm
 
 
 def make_mixer(cfg: ModelConfig, layer_type: str, *, rngs: nnx.Rngs, dtype, param_dtype,
-               gdr_implementation: str = "auto", conv_implementation: str = "auto") -> nnx.Module:
+               gdr_implementation: str = "auto", conv_implementation: str = "auto",
+               attention_implementation: str = "auto") -> nnx.Module:
     """The token mixer for one layer type (`attn`, `swa`, `jet`, or a zoo block name)."""
     if layer_type == "attn":
-        return Attention(cfg, window=None, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        return Attention(cfg, window=None, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
+                         implementation=attention_implementation)
     if layer_type == "swa":
-        return Attention(cfg, window=cfg.window_size, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        return Attention(cfg, window=cfg.window_size, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
+                         implementation=attention_implementation)
     if layer_type == "jet":
         return JetBlock(cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
                         gdr_implementation=gdr_implementation,
@@ -36,13 +39,14 @@ def make_mixer(cfg: ModelConfig, layer_type: str, *, rngs: nnx.Rngs, dtype, para
 class DecoderLayer(nnx.Module):
     def __init__(self, cfg: ModelConfig, layer_type: str, *, rngs: nnx.Rngs, dtype=jnp.float32,
                  param_dtype=jnp.float32, gdr_implementation: str = "auto",
-                 conv_implementation: str = "auto"):
+                 conv_implementation: str = "auto", attention_implementation: str = "auto"):
         self.layer_type = layer_type
         norm = dict(eps=cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
         self.input_layernorm = RMSNorm(cfg.hidden_size, **norm)
         self.self_attn = make_mixer(cfg, layer_type, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
                                     gdr_implementation=gdr_implementation,
-                                    conv_implementation=conv_implementation)
+                                    conv_implementation=conv_implementation,
+                                    attention_implementation=attention_implementation)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, **norm)
         self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size, init_std=cfg.initializer_range,
                        rngs=rngs, dtype=dtype, param_dtype=param_dtype)

@@ -1,0 +1,154 @@
+"""Long-context inference, before vs after, side by side in one run (random weights, CPU-sized).
+
+"before" = every layer unrolled and the dense attention reference (`attention_implementation
+="xla"`); "after" = runs of same-type layers scanned over parameters stacked once
+(`jet_jax.model.stack_layers`) and `attention_implementation="auto"` (query/key-block
+"chunked" attention for long sequences). Tables:
+
+  1. compile time (lower + compile on abstract shapes, nothing allocated) of the
+     Jet-Nemotron-2B preset's prefill chunk (2048 tokens, cache for 4096) and decode step;
+  2. the compiled decode step's temporary memory as a fraction of its cache (all-attention
+     model, 4 layers, batch 8, 8192 positions, float32; cache donated);
+  3. one-sequence prefill tokens/s of the CPU student vs its teacher (jet_jax.commands.bench
+     configs) at each context;
+  4. peak memory (XLA memory_analysis: arguments + outputs - aliases + temporaries) of a
+     32K-token prefill in one chunk.
+
+    PYTHONPATH=. python benchmarks/long_context.py [--contexts 4096,16384] [--skip-2b]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jet_jax.commands.bench import CPU_STUDENT, CPU_TEACHER
+from jet_jax.config import ModelConfig
+from jet_jax.generation import PaddedBatch, _prefill_chunk, decode_step, prefill
+from jet_jax.model import JetNemotronForCausalLM, stack_layers
+
+MODES = {"before": dict(scan=False, attention="xla"), "after": dict(scan=True, attention="auto")}
+
+
+def build(cfg, mode, dtype=jnp.float32, abstract=False):
+    m = MODES[mode]
+
+    def make():
+        model = JetNemotronForCausalLM(cfg, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=dtype,
+                                       attention_implementation=m["attention"])
+        return stack_layers(model) if m["scan"] else model
+    return nnx.eval_shape(make) if abstract else make()
+
+
+def _i32(*shape):
+    return jax.ShapeDtypeStruct(shape, jnp.int32)
+
+
+def _prefill_lowered(model, chunk, max_len, dtype):
+    graphdef, state = nnx.split(model)
+    cache = jax.eval_shape(lambda: model.init_cache(1, max_len, dtype))
+    return _prefill_chunk.lower(graphdef, state, _i32(1, chunk), _i32(1, chunk), _i32(1, chunk), cache,
+                                jax.ShapeDtypeStruct((1,), bool))
+
+
+def compile_times(cfg, chunk=2048, context=4096, dtype=jnp.bfloat16):
+    out = {}
+    for mode in MODES:
+        model = build(cfg, mode, dtype, abstract=True)
+        t0 = time.perf_counter()
+        _prefill_lowered(model, chunk, context, dtype).compile()
+        t1 = time.perf_counter()
+        graphdef, state = nnx.split(model)
+        cache = jax.eval_shape(lambda: model.init_cache(1, context, dtype))
+        decode_step.lower(graphdef, state, _i32(1), _i32(1), cache).compile()
+        out[mode] = (t1 - t0, time.perf_counter() - t1)
+    return out
+
+
+def bytes_needed(compiled) -> int:
+    ma = compiled.memory_analysis()
+    return int(ma.argument_size_in_bytes + ma.output_size_in_bytes - ma.alias_size_in_bytes
+               + ma.temp_size_in_bytes)
+
+
+def decode_temp_fraction(batch=8, positions=8192):
+    cfg = ModelConfig(vocab_size=512, hidden_size=256, intermediate_size=704, num_hidden_layers=4,
+                      num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=1 << 20,
+                      tie_word_embeddings=True)
+    out = {}
+    for mode in MODES:
+        model = build(cfg, mode, abstract=True)
+        graphdef, state = nnx.split(model)
+        cache = jax.eval_shape(lambda: model.init_cache(batch, positions, jnp.float32))
+        ma = decode_step.lower(graphdef, state, _i32(batch), _i32(batch), cache).compile().memory_analysis()
+        cache_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(cache))
+        out[mode] = (ma.temp_size_in_bytes, cache_bytes)
+    return out
+
+
+def prefill_tok_s(model, context, chunk, dtype=jnp.float32, seed=0):
+    graphdef, state = nnx.split(model)
+    c = min(chunk, context)
+    ids = np.random.default_rng(seed).integers(0, 256, (1, context)).astype(np.int32)
+    batch = PaddedBatch(ids, np.ones_like(ids), np.arange(context, dtype=np.int32)[None],
+                        np.array([context], np.int32))
+    warm = model.init_cache(1, context, dtype)  # compile on a throwaway cache
+    jax.block_until_ready(_prefill_chunk(graphdef, state, jnp.asarray(ids[:, :c]), jnp.ones((1, c), jnp.int32),
+                                         jnp.arange(c, dtype=jnp.int32)[None], warm, jnp.ones((1,), bool)))
+    del warm
+    cache = jax.block_until_ready(model.init_cache(1, context, dtype))
+    t0 = time.perf_counter()
+    jax.block_until_ready(prefill(model, batch, cache, chunk_size=c, graphdef=graphdef, state=state))
+    return context / (time.perf_counter() - t0)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--contexts", type=lambda s: [int(x) for x in s.split(",")], default=[4096, 16384])
+    p.add_argument("--prefill-chunk", type=int, default=2048)
+    p.add_argument("--peak-tokens", type=int, default=32768)
+    p.add_argument("--skip-2b", action="store_true", help="skip the Jet-Nemotron-2B compile table")
+    args = p.parse_args(argv)
+    print(f"backend {jax.default_backend()}, jax {jax.__version__}; before = unrolled + dense "
+          f"'xla' attention, after = stacked-layer scan + 'auto' attention", flush=True)
+
+    if not args.skip_2b:
+        from configs.presets import get_preset
+        ct = compile_times(get_preset("jet-nemotron-2b"))
+        print("\n1. compile time, Jet-Nemotron-2B preset, bf16 (lower + compile, abstract shapes)")
+        print(f"{'':8} {'prefill 2048 (s)':>17} {'decode step (s)':>16}")
+        for mode, (tp, td) in ct.items():
+            print(f"{mode:8} {tp:>17.1f} {td:>16.1f}")
+        print(f"{'after/before':8} {ct['after'][0] / ct['before'][0]:>12.2f} "
+              f"{ct['after'][1] / ct['before'][1]:>16.2f}", flush=True)
+
+    dt = decode_temp_fraction()
+    print("\n2. decode step temporaries vs cache (4 attn layers, batch 8, 8192 positions, f32)")
+    for mode, (temp, cache) in dt.items():
+        print(f"{mode:8} temp {temp / 2**20:8.1f} MiB  cache {cache / 2**20:8.1f} MiB  "
+              f"{100 * temp / cache:5.1f}%", flush=True)
+
+    print(f"\n3. one-sequence prefill tokens/s (chunk {args.prefill_chunk}, f32)")
+    print(f"{'context':>8} {'mode':8} {'student':>10} {'teacher':>10} {'student/teacher':>16}")
+    for ctx in args.contexts:
+        for mode in MODES:
+            s = prefill_tok_s(build(CPU_STUDENT, mode), ctx, args.prefill_chunk)
+            t = prefill_tok_s(build(CPU_TEACHER, mode), ctx, args.prefill_chunk)
+            print(f"{ctx:>8} {mode:8} {s:>10,.0f} {t:>10,.0f} {s / t:>16.2f}", flush=True)
+
+    n = args.peak_tokens
+    print(f"\n4. peak memory of a {n}-token prefill in one chunk (memory_analysis, f32)")
+    for name, cfg in (("student", CPU_STUDENT), ("teacher", CPU_TEACHER)):
+        row = [f"{name:8}"]
+        for mode in MODES:
+            row.append(f"{mode} {bytes_needed(_prefill_lowered(build(cfg, mode, abstract=True), n, n, jnp.float32).compile()) / 2**30:7.2f} GiB")
+        print("  ".join(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
