@@ -35,12 +35,12 @@ def _randomize_norms_and_biases(model) -> None:
 
 
 def tiny_llama(path, *, vocab=101, hidden=32, inter=40, layers=2, heads=4, kv=2, tied=False,
-               head_dim=None, rope_scaling=None, seed=0, dtype=torch.float32) -> LlamaForCausalLM:
+               head_dim=None, rope_scaling=None, seed=0, dtype=torch.float32, init_std=0.02) -> LlamaForCausalLM:
     """Save a random LlamaForCausalLM to `path` with save_pretrained and return it (eval mode).
     `rope_scaling`: None (default RoPE) or a dict with `rope_type` linear / llama3."""
     torch.manual_seed(seed)
     rope = {"rope_type": "default", "rope_theta": 10000.0 + seed, **(rope_scaling or {})}
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter,
+    cfg = LlamaConfig(initializer_range=init_std, vocab_size=vocab, hidden_size=hidden, intermediate_size=inter,
                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv,
                       head_dim=head_dim, tie_word_embeddings=tied, rope_parameters=rope,
                       max_position_embeddings=512, bos_token_id=1, eos_token_id=2)
@@ -51,10 +51,10 @@ def tiny_llama(path, *, vocab=101, hidden=32, inter=40, layers=2, heads=4, kv=2,
 
 
 def tiny_qwen3(path, *, vocab=101, hidden=32, inter=40, layers=2, heads=4, kv=2, tied=False,
-               head_dim=8, seed=0, dtype=torch.float32) -> Qwen3ForCausalLM:
+               head_dim=8, seed=0, dtype=torch.float32, init_std=0.02) -> Qwen3ForCausalLM:
     """Save a random Qwen3ForCausalLM (per-head q/k RMSNorm, explicit head_dim) to `path`."""
     torch.manual_seed(seed)
-    cfg = Qwen3Config(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter,
+    cfg = Qwen3Config(initializer_range=init_std, vocab_size=vocab, hidden_size=hidden, intermediate_size=inter,
                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv,
                       head_dim=head_dim, tie_word_embeddings=tied,
                       rope_parameters={"rope_type": "default", "rope_theta": 10000.0 + seed},

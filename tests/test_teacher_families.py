@@ -174,3 +174,37 @@ def test_qwen2_export_declares_its_dtype_too(tmp_path):
     out = to_hf(from_hf(tmp_path / "src"), tmp_path / "out")
     assert json.loads((out / "config.json").read_text())["torch_dtype"] == "float32"
     assert json.loads((out / "config.json").read_text())["model_type"] == "qwen2"
+
+
+@pytest.mark.parametrize("make", [tiny_llama, tiny_qwen3], ids=["llama", "qwen3"])
+def test_student_keeps_family_attention_and_starts_jet_from_it(tmp_path, make):
+    from jet_jax.config import JetBlockConfig, hybrid_layer_types
+    from train.flat_model import FlatModel
+    from train.student import student_from_teacher
+
+    make(tmp_path / "t", layers=3, heads=4, kv=2, head_dim=8, hidden=32)
+    teacher = from_hf(tmp_path / "t")
+    layers = hybrid_layer_types(3, attn=(0,), swa=(2,))
+    jet = JetBlockConfig(num_heads=4, head_dim=8, expand_v=1.0, conv_size=4, dconv_generator_reduction=4)
+    student, sources = student_from_teacher(teacher, layers, jet=jet, window_size=4,
+                                            return_sources=True)
+    t = {k: np.asarray(v) for k, v in FlatModel(teacher).params(teacher).items()}
+    s = {k: np.asarray(v) for k, v in FlatModel(student).params(student).items()}
+    assert student.config.family == teacher.config.family
+    kept = [k for k in s if "/layers/0/" in k or "/layers/2/" in k]
+    norms = [k for k in kept if "q_norm" in k or "k_norm" in k]
+    assert len(norms) == (4 if teacher.config.qk_norm else 0)
+    assert not any(k.endswith("bias") for k in kept if "self_attn" in k)
+    for k in kept:
+        np.testing.assert_array_equal(s[k], t[k], err_msg=k)
+    jet_q = "model/layers/1/self_attn/q_proj/kernel"
+    np.testing.assert_array_equal(s[jet_q], t[jet_q])
+    assert sources["model/layers/1/self_attn/k_proj/kernel"].startswith("teacher k_proj")
+    # The student's HF form names the family, and reloads as the same config.
+    out = to_hf(student, tmp_path / "s")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model_type"] == "jet_nemotron" and cfg.get("attention_family", "qwen2") == teacher.config.family
+    back = from_hf(out)
+    assert back.config == student.config
+    ids = jnp.asarray(_ids(101, (1, 9)))
+    np.testing.assert_array_equal(np.asarray(back(ids)), np.asarray(student(ids)))
