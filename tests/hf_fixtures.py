@@ -39,10 +39,10 @@ def tiny_llama(path, *, vocab=101, hidden=32, inter=40, layers=2, heads=4, kv=2,
     """Save a random LlamaForCausalLM to `path` with save_pretrained and return it (eval mode).
     `rope_scaling`: None (default RoPE) or a dict with `rope_type` linear / llama3."""
     torch.manual_seed(seed)
-    rope = {"rope_type": "default", "rope_theta": 10000.0 + seed, **(rope_scaling or {})}
     cfg = LlamaConfig(initializer_range=init_std, vocab_size=vocab, hidden_size=hidden, intermediate_size=inter,
                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv,
-                      head_dim=head_dim, tie_word_embeddings=tied, rope_parameters=rope,
+                      head_dim=head_dim, tie_word_embeddings=tied, rope_theta=10000.0 + seed,
+                      rope_scaling=rope_scaling,  # the spelling transformers 4 and 5 both read
                       max_position_embeddings=512, bos_token_id=1, eos_token_id=2)
     model = LlamaForCausalLM(cfg).to(dtype).eval()
     _randomize_norms_and_biases(model)
@@ -57,7 +57,7 @@ def tiny_qwen3(path, *, vocab=101, hidden=32, inter=40, layers=2, heads=4, kv=2,
     cfg = Qwen3Config(initializer_range=init_std, vocab_size=vocab, hidden_size=hidden, intermediate_size=inter,
                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv,
                       head_dim=head_dim, tie_word_embeddings=tied,
-                      rope_parameters={"rope_type": "default", "rope_theta": 10000.0 + seed},
+                      rope_theta=10000.0 + seed,
                       max_position_embeddings=512, bos_token_id=1, eos_token_id=2)
     model = Qwen3ForCausalLM(cfg).to(dtype).eval()
     _randomize_norms_and_biases(model)
