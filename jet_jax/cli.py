@@ -14,6 +14,7 @@ COMMANDS = {
     "generate": ("jet_jax.commands.generate", "generate text from an HF directory or Orbax checkpoint"),
     "bench": ("jet_jax.commands.bench", "prefill/decode throughput of a student vs its teacher"),
     "convert": ("jet_jax.commands.convert", "convert between HF directories and Orbax checkpoints"),
+    "eval": ("jet_jax.commands.eval", "perplexity, multiple choice, MQAR/passkey of one or two models"),
     "postnas": ("train.postnas.cli", "PostNAS: super-network, placement search, block/hardware search"),
 }
 

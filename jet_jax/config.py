@@ -1,7 +1,18 @@
-"""Model configuration: one frozen dataclass for Qwen2 teachers and Jet-Nemotron students.
+"""Model configuration: one frozen dataclass for full-attention teachers and Jet-Nemotron students.
 
-A Qwen2 config is the special case where every layer is `attn`. Reads and writes HF
-`config.json` for model types `qwen2` and `jet_nemotron` (see shared/reference/jet_nemotron.md).
+A teacher config is the special case where every layer is `attn`; `family` says which
+full-attention architecture its attention layers follow:
+
+    family   qkv bias   q/k RMSNorm (per head, before RoPE)   HF model_type
+    qwen2    yes        no                                    qwen2
+    llama    no         no                                    llama
+    qwen3    no         yes                                   qwen3
+
+A student keeps its teacher's family for the attention layers it keeps. Reads and writes HF
+`config.json` for these model types and `jet_nemotron`. Fields that would change the math but
+are not implemented (an unknown `rope_scaling` type, `attention_bias` on llama/qwen3,
+`mlp_bias`, a non-silu activation, sliding-window teachers) raise a one-line ValueError;
+fields that do not (dropout, use_cache, pretraining_tp, ...) are ignored.
 """
 
 from __future__ import annotations
@@ -15,6 +26,17 @@ from typing import Any, Mapping
 # zoo) register themselves in `jet_jax.layers.zoo` and are accepted too, but cannot be
 # exported to the official HF layout.
 OFFICIAL_LAYER_TYPES = ("attn", "swa", "jet")
+
+# family -> (HF model_type, architectures entry, qkv bias, per-head q/k RMSNorm)
+FAMILIES = {
+    "qwen2": ("qwen2", "Qwen2ForCausalLM", True, False),
+    "llama": ("llama", "LlamaForCausalLM", False, False),
+    "qwen3": ("qwen3", "Qwen3ForCausalLM", False, True),
+}
+ROPE_TYPES = ("default", "linear", "llama3")
+_ROPE_REQUIRED = {"default": (), "linear": ("factor",),
+                  "llama3": ("factor", "low_freq_factor", "high_freq_factor",
+                             "original_max_position_embeddings")}
 
 
 def known_layer_types() -> tuple[str, ...]:
@@ -112,9 +134,21 @@ class ModelConfig:
     bos_token_id: int = 151643
     eos_token_id: int = 151643
     pad_token_id: int | None = None
-    head_dim_override: int | None = None  # Qwen2 always uses hidden / heads
+    head_dim_override: int | None = None  # HF `head_dim` when it differs from hidden / heads
+    family: str = "qwen2"  # attention architecture of `attn`/`swa` layers, see FAMILIES
+    # RoPE scaling beyond the default, as sorted (key, value) pairs without rope_theta/rope_type
+    # key "rope_type" first: e.g. (("rope_type", "linear"), ("factor", 4.0)); () = default RoPE.
+    rope_scaling: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self):
+        # Hashable (the config is static in jitted graphs) and JSON-reloadable forms.
+        if isinstance(self.rope_scaling, Mapping):
+            object.__setattr__(self, "rope_scaling", _rope_pairs(self.rope_scaling))
+        else:
+            object.__setattr__(self, "rope_scaling", _rope_pairs(dict(self.rope_scaling)))
+        for name in ("eos_token_id", "bos_token_id"):
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.layer_types is None:
             object.__setattr__(self, "layer_types", ("attn",) * self.num_hidden_layers)
         else:
@@ -129,17 +163,37 @@ class ModelConfig:
         return self.head_dim_override or self.hidden_size // self.num_attention_heads
 
     @property
-    def is_qwen2(self) -> bool:
+    def is_teacher(self) -> bool:
+        """Every layer is full attention: exported as the family's own HF model type."""
         return all(t == "attn" for t in self.layer_types)
 
     @property
+    def is_qwen2(self) -> bool:
+        return self.is_teacher and self.family == "qwen2"
+
+    @property
+    def qkv_bias(self) -> bool:
+        return FAMILIES[self.family][2]
+
+    @property
+    def qk_norm(self) -> bool:
+        return FAMILIES[self.family][3]
+
+    @property
+    def rope_type(self) -> str:
+        return dict(self.rope_scaling).get("rope_type", "default")
+
+    @property
     def model_type(self) -> str:
-        return "qwen2" if self.is_qwen2 else "jet_nemotron"
+        return FAMILIES[self.family][0] if self.is_teacher else "jet_nemotron"
 
     def zoo_kwargs(self, layer_type: str) -> dict[str, Any]:
         return dict(dict(self.zoo).get(layer_type, ()))
 
     def validate(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"unknown attention family {self.family!r}; known: {tuple(FAMILIES)}")
+        _check_rope(dict(self.rope_scaling))
         if len(self.layer_types) != self.num_hidden_layers:
             raise ValueError(
                 f"layer_types has {len(self.layer_types)} entries but num_hidden_layers is "
@@ -168,9 +222,10 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
     # ---- HF config.json ----
-    def to_hf_dict(self) -> dict[str, Any]:
+    def to_hf_dict(self, dtype: str = "bfloat16") -> dict[str, Any]:
+        """The HF config.json; `dtype` is the dtype name of the tensors saved beside it."""
         d: dict[str, Any] = {
-            "architectures": ["Qwen2ForCausalLM" if self.is_qwen2 else "JetNemotronForCausalLM"],
+            "architectures": [FAMILIES[self.family][1] if self.is_teacher else "JetNemotronForCausalLM"],
             "model_type": self.model_type,
             "vocab_size": self.vocab_size,
             "hidden_size": self.hidden_size,
@@ -181,19 +236,31 @@ class ModelConfig:
             "hidden_act": "silu",
             "max_position_embeddings": self.max_position_embeddings,
             "rope_theta": self.rope_theta,
-            "rope_parameters": {"rope_type": "default", "rope_theta": self.rope_theta},
+            "rope_parameters": {"rope_type": "default", **dict(self.rope_scaling),
+                                "rope_theta": self.rope_theta},
             "rms_norm_eps": self.rms_norm_eps,
             "tie_word_embeddings": self.tie_word_embeddings,
             "initializer_range": self.initializer_range,
             "bos_token_id": self.bos_token_id,
-            "eos_token_id": self.eos_token_id,
+            "eos_token_id": list(self.eos_token_id) if isinstance(self.eos_token_id, tuple)
+            else self.eos_token_id,
             "attention_dropout": 0.0,
             "use_sliding_window": False,
-            "torch_dtype": "bfloat16",
+            "torch_dtype": dtype,
+            "dtype": dtype,  # the transformers >= 5 name of torch_dtype
         }
+        if self.rope_scaling:  # transformers < 5 reads only this (and rope_theta)
+            d["rope_scaling"] = dict(self.rope_scaling)
+        if self.family != "qwen2" or self.head_dim_override is not None:
+            d["head_dim"] = self.head_dim
+        if self.family != "qwen2":
+            d["attention_bias"] = False
+            d["mlp_bias"] = False
         if self.pad_token_id is not None:
             d["pad_token_id"] = self.pad_token_id
-        if not self.is_qwen2:
+        if not self.is_teacher:
+            if self.family != "qwen2":  # our extension: the kept attention layers' family
+                d["attention_family"] = self.family
             unofficial = sorted(set(self.layer_types) - set(OFFICIAL_LAYER_TYPES))
             if unofficial:
                 raise ValueError(
@@ -210,20 +277,32 @@ class ModelConfig:
     @classmethod
     def from_hf_dict(cls, d: Mapping[str, Any]) -> "ModelConfig":
         model_type = d.get("model_type")
-        if model_type not in ("qwen2", "jet_nemotron"):
-            raise ValueError(
-                f"unsupported model_type {model_type!r}: expected 'qwen2' or 'jet_nemotron'")
+        teacher_types = {v[0]: k for k, v in FAMILIES.items()}
+        if model_type not in (*teacher_types, "jet_nemotron"):
+            raise ValueError(f"unsupported model_type {model_type!r}: expected one of "
+                             f"{(*teacher_types, 'jet_nemotron')}")
+        if model_type == "jet_nemotron":
+            family = str(d.get("attention_family", "qwen2"))
+            if family not in FAMILIES:
+                raise ValueError(f"unsupported attention_family {family!r}; known: {tuple(FAMILIES)}")
+        else:
+            family = teacher_types[model_type]
+        _check_math_fields(d, family)
         n = int(d["num_hidden_layers"])
         hidden, heads = int(d["hidden_size"]), int(d["num_attention_heads"])
+        theta, scaling = _rope_from_hf(d)
+        # HF class defaults when a field is absent: Qwen2 ties by our historical default,
+        # LlamaConfig/Qwen3Config default to an untied head.
+        tie_default = family == "qwen2"
         kw: dict[str, Any] = dict(
             vocab_size=int(d["vocab_size"]), hidden_size=hidden,
             intermediate_size=int(d["intermediate_size"]), num_hidden_layers=n,
             num_attention_heads=heads,
-            num_key_value_heads=int(d.get("num_key_value_heads", heads)),
-            rope_theta=_rope_theta(d),
+            num_key_value_heads=int(d.get("num_key_value_heads") or heads),
+            rope_theta=theta, rope_scaling=scaling, family=family,
             rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
             max_position_embeddings=int(d.get("max_position_embeddings", 32768)),
-            tie_word_embeddings=bool(d.get("tie_word_embeddings", True)),
+            tie_word_embeddings=bool(d.get("tie_word_embeddings", tie_default)),
             initializer_range=float(d.get("initializer_range", 0.02)),
             bos_token_id=d.get("bos_token_id", 151643), eos_token_id=d.get("eos_token_id", 151643),
             pad_token_id=d.get("pad_token_id"),
@@ -246,8 +325,12 @@ class ModelConfig:
                 kw["window_size"] = int(eff["swa"]["window_size"])
         else:
             kw["layer_types"] = ("attn",) * n
+            other = sorted(set(d.get("layer_types") or ()) - {"full_attention"})
+            if other:
+                raise ValueError(f"{model_type} config.json declares layer_types {other}: only "
+                                 "full_attention teachers are supported")
             if d.get("use_sliding_window"):
-                raise ValueError("Qwen2 configs with use_sliding_window=true are not supported")
+                raise ValueError(f"{model_type} configs with use_sliding_window=true are not supported")
         return cls(**kw)
 
     @classmethod
@@ -255,9 +338,9 @@ class ModelConfig:
         with open(path) as f:
             return cls.from_hf_dict(json.load(f))
 
-    def save_json(self, path: str | os.PathLike) -> None:
+    def save_json(self, path: str | os.PathLike, dtype: str = "bfloat16") -> None:
         with open(path, "w") as f:
-            json.dump(self.to_hf_dict(), f, indent=2)
+            json.dump(self.to_hf_dict(dtype), f, indent=2)
 
     def describe(self) -> str:
         counts = {t: self.layer_types.count(t) for t in dict.fromkeys(self.layer_types)}
@@ -265,13 +348,54 @@ class ModelConfig:
                 f"{self.hidden_size}, vocab {self.vocab_size}")
 
 
-def _rope_theta(d: Mapping[str, Any]) -> float:
-    """RoPE theta from either layout (transformers >= 5 nests it in `rope_parameters`)."""
-    rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
-    kind = rope.get("rope_type", rope.get("type", "default"))
-    if kind != "default":
-        raise ValueError(f"unsupported RoPE type {kind!r}: only the default RoPE is implemented")
-    return float(rope.get("rope_theta", d.get("rope_theta", 1e6)))
+def _rope_pairs(rope: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """Canonical rope_scaling: () for default RoPE, else rope_type first then sorted keys."""
+    rope = {k: v for k, v in rope.items() if k not in ("rope_theta", "type")}
+    kind = rope.pop("rope_type", "default")
+    if kind == "default" and not rope:
+        return ()
+    return (("rope_type", kind),) + tuple(sorted(rope.items()))
+
+
+def _check_rope(rope: Mapping[str, Any]) -> None:
+    kind = rope.get("rope_type", "default")
+    if kind not in ROPE_TYPES:
+        raise ValueError(f"unsupported rope_scaling type {kind!r}; implemented: {ROPE_TYPES}")
+    missing = [k for k in _ROPE_REQUIRED[kind] if k not in rope]
+    if missing:
+        raise ValueError(f"rope_scaling of type {kind!r} is missing {missing}")
+    if float(rope.get("partial_rotary_factor", 1.0)) != 1.0:
+        raise ValueError("rope partial_rotary_factor != 1 is not supported")
+    unknown = sorted(set(rope) - {"rope_type", "partial_rotary_factor", *_ROPE_REQUIRED[kind]})
+    if unknown:
+        raise ValueError(f"rope_scaling of type {kind!r} has fields this model does not implement: "
+                         f"{unknown}")
+
+
+def _rope_from_hf(d: Mapping[str, Any]) -> tuple[float, tuple]:
+    """(theta, rope_scaling pairs) from either layout (transformers >= 5 nests everything in
+    `rope_parameters`; older versions use `rope_theta` + `rope_scaling`)."""
+    rope = dict(d.get("rope_scaling") or d.get("rope_parameters") or {})
+    if "type" in rope and "rope_type" not in rope:  # transformers < 4.45 spelling
+        rope["rope_type"] = rope["type"]
+    theta = float(rope.get("rope_theta", d.get("rope_theta", 1e6)))
+    if (d.get("rope_parameters") or {}).get("rope_theta") is not None:
+        theta = float(d["rope_parameters"]["rope_theta"])
+    pairs = _rope_pairs(rope)
+    _check_rope(dict(pairs))
+    return theta, pairs
+
+
+def _check_math_fields(d: Mapping[str, Any], family: str) -> None:
+    """Refuse HF fields that would change the computation in ways this model does not do."""
+    if d.get("mlp_bias"):
+        raise ValueError("mlp_bias=true is not supported (the MLP has no biases)")
+    if family != "qwen2" and d.get("attention_bias"):
+        raise ValueError(f"attention_bias=true is not supported for {family} (its attention has no "
+                         "biases here)")
+    act = d.get("hidden_act", "silu")
+    if act != "silu":
+        raise ValueError(f"hidden_act {act!r} is not supported: the MLP is SwiGLU with silu")
 
 
 def hybrid_layer_types(num_layers: int, attn: tuple[int, ...] = (), swa: tuple[int, ...] = (),
@@ -296,7 +420,8 @@ def count_params(cfg: ModelConfig) -> int:
     for t in cfg.layer_types:
         total += 2 * d + 3 * d * f
         if t in ("attn", "swa"):
-            total += d * h * hd + h * hd + 2 * (d * kvh * hd + kvh * hd) + h * hd * d
+            total += d * h * hd + 2 * d * kvh * hd + h * hd * d
+            total += (h * hd + 2 * kvh * hd) * cfg.qkv_bias + 2 * hd * cfg.qk_norm
         elif t == "jet":
             K, V, W, G = j.key_dim, j.value_dim, j.conv_size, j.generator_dim
             total += 2 * d * K + 2 * d * V + 2 * d * j.num_heads + 2 * j.num_heads

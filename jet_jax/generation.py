@@ -26,6 +26,7 @@ import numpy as np
 from flax import nnx
 
 from jet_jax.sampling import SamplingConfig, sample, step_key
+from jet_jax.token_ids import check_prompts
 
 ATTENTION_TYPES = ("attn", "swa")
 
@@ -251,6 +252,7 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
     `prefill_chunk_size` splits the prefill into chunks of that many tokens (the batch is
     left-padded to a multiple of it).
     """
+    check_prompts(prompts, model.config.vocab_size)
     stop = tuple(int(t) for t in stop_tokens)
     pad_id, batch, cache = _setup(model, prompts, max_new_tokens, pad_id, max_length,
                                   prefill_chunk_size, cache_dtype)
@@ -274,6 +276,7 @@ def generate_stream(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: 
     """Like `generate`, but yields after every step a list with one entry per row: the new
     token, or None for a row that already finished. Produces the same tokens as `generate`
     for the same arguments."""
+    check_prompts(prompts, model.config.vocab_size)
     stop = tuple(int(t) for t in stop_tokens)
     pad_id, batch, cache = _setup(model, prompts, max_new_tokens, pad_id, max_length,
                                   prefill_chunk_size, cache_dtype)

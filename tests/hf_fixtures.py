@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
 from jet_jax.config import ModelConfig
 from jet_jax.convert.hf import _write_shards
@@ -23,6 +23,44 @@ def tiny_qwen2(path, *, vocab=101, hidden=36, inter=37, layers=2, heads=3, kv=1,
         for name, p in model.named_parameters():
             if name.endswith("bias") or "norm" in name:
                 p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(path)
+    return model
+
+
+def _randomize_norms_and_biases(model) -> None:
+    with torch.no_grad():  # random biases and norms, so every tensor is exercised
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+
+
+def tiny_llama(path, *, vocab=101, hidden=32, inter=40, layers=2, heads=4, kv=2, tied=False,
+               head_dim=None, rope_scaling=None, seed=0, dtype=torch.float32, init_std=0.02) -> LlamaForCausalLM:
+    """Save a random LlamaForCausalLM to `path` with save_pretrained and return it (eval mode).
+    `rope_scaling`: None (default RoPE) or a dict with `rope_type` linear / llama3."""
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(initializer_range=init_std, vocab_size=vocab, hidden_size=hidden, intermediate_size=inter,
+                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv,
+                      head_dim=head_dim, tie_word_embeddings=tied, rope_theta=10000.0 + seed,
+                      rope_scaling=rope_scaling,  # the spelling transformers 4 and 5 both read
+                      max_position_embeddings=512, bos_token_id=1, eos_token_id=2)
+    model = LlamaForCausalLM(cfg).to(dtype).eval()
+    _randomize_norms_and_biases(model)
+    model.save_pretrained(path)
+    return model
+
+
+def tiny_qwen3(path, *, vocab=101, hidden=32, inter=40, layers=2, heads=4, kv=2, tied=False,
+               head_dim=8, seed=0, dtype=torch.float32, init_std=0.02) -> Qwen3ForCausalLM:
+    """Save a random Qwen3ForCausalLM (per-head q/k RMSNorm, explicit head_dim) to `path`."""
+    torch.manual_seed(seed)
+    cfg = Qwen3Config(initializer_range=init_std, vocab_size=vocab, hidden_size=hidden, intermediate_size=inter,
+                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv,
+                      head_dim=head_dim, tie_word_embeddings=tied,
+                      rope_theta=10000.0 + seed,
+                      max_position_embeddings=512, bos_token_id=1, eos_token_id=2)
+    model = Qwen3ForCausalLM(cfg).to(dtype).eval()
+    _randomize_norms_and_biases(model)
     model.save_pretrained(path)
     return model
 

@@ -47,8 +47,8 @@ def test_invalid_configs_raise_clear_errors(kwargs, message):
 
 def test_unsupported_model_type_and_missing_fields():
     d = JET_NEMOTRON_2B.to_hf_dict()
-    with pytest.raises(ValueError, match="unsupported model_type 'llama'"):
-        ModelConfig.from_hf_dict({**d, "model_type": "llama"})
+    with pytest.raises(ValueError, match="unsupported model_type 'gpt2'"):
+        ModelConfig.from_hf_dict({**d, "model_type": "gpt2"})
     d.pop("efficient_attention_config")
     with pytest.raises(ValueError, match="no efficient_attention_config.jet"):
         ModelConfig.from_hf_dict(d)

@@ -1,8 +1,10 @@
-"""Build a Jet-Nemotron student from a (Qwen2) teacher.
+"""Build a Jet-Nemotron student from a teacher of any family (qwen2, llama, qwen3).
 
 Everything outside the token mixers - embeddings, every RMSNorm, every MLP, the LM head - is
 copied from the teacher, and so are the `attn`/`swa` layers that are kept (an `swa` layer is
-the teacher's attention with a window; same weights).
+the teacher's attention with a window; same weights). The student config keeps the teacher's
+`family`, so kept layers have exactly the teacher's attention tensors: Qwen2 q/k/v biases, or
+none (Llama, Qwen3), and Qwen3's per-head q/k RMSNorm weights.
 
 JetBlock initialisation (the release ships no training code, so this is our choice):
 the JetBlock's q/k/v/o projections play the roles of the teacher attention's, so where the
@@ -14,7 +16,7 @@ shapes line up per head they start from the teacher's weights of the same layer:
 * v_proj <- teacher v_proj kernel, KV heads repeated, and o_proj <- teacher o_proj kernel
                                             if additionally dv == head_dim (expand_v * dk == head_dim)
 
-(Teacher biases are dropped: the JetBlock projections have none. Its q/k then go through
+(Teacher biases and Qwen3 q/k norms are dropped: the JetBlock has none. Its q/k then go through
 silu and an L2 norm instead of RoPE, so this is a warm start for the subspaces, not an
 equivalence.) Any projection whose shape does not line up keeps the model's random init
 (normal(initializer_range)), and the JetBlock-only tensors always use the reference init:

@@ -31,6 +31,14 @@ def _np_dtype(dtype) -> np.dtype:
     return np.dtype(ml_dtypes.bfloat16) if jnp.dtype(dtype) == jnp.bfloat16 else np.dtype(jnp.dtype(dtype))
 
 
+def _dtype_name(dtype) -> str:
+    """The HF spelling of a numpy dtype: 'bfloat16', 'float32', 'float16'."""
+    name = np.dtype(dtype).name
+    if name not in ("bfloat16", "float16", "float32", "float64"):
+        raise ValueError(f"cannot export tensors of dtype {name}")
+    return name
+
+
 def _safetensor_files(path: Path) -> list[Path]:
     if (path / SAFE_INDEX).exists():
         index = json.loads((path / SAFE_INDEX).read_text())
@@ -104,9 +112,19 @@ def from_hf(path: str | os.PathLike, *, param_dtype=jnp.float32, dtype=None,
     return nnx.merge(graphdef, state)
 
 
-def model_to_hf_tensors(model: JetNemotronForCausalLM, dtype=jnp.bfloat16) -> dict[str, np.ndarray]:
+def param_dtype_of(model: JetNemotronForCausalLM) -> np.dtype:
+    """The single dtype of the model's parameters (raises for mixed dtypes)."""
+    dtypes = {jnp.dtype(x.dtype) for x in jax.tree.leaves(nnx.state(model, nnx.Param))}
+    if len(dtypes) != 1:
+        raise ValueError(f"model parameters have mixed dtypes {sorted(d.name for d in dtypes)}: "
+                         "pass dtype= to export")
+    return dtypes.pop()
+
+
+def model_to_hf_tensors(model: JetNemotronForCausalLM, dtype=None) -> dict[str, np.ndarray]:
+    """HF name -> numpy tensor, in `dtype` (None: the model's parameter dtype)."""
     flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
-    np_dtype = _np_dtype(dtype)
+    np_dtype = _np_dtype(param_dtype_of(model) if dtype is None else dtype)
     out = {}
     for spec in key_table(model.config):
         if spec.path not in flat:
@@ -119,10 +137,13 @@ def model_to_hf_tensors(model: JetNemotronForCausalLM, dtype=jnp.bfloat16) -> di
     return out
 
 
-def to_hf(model: JetNemotronForCausalLM, path: str | os.PathLike, *, dtype=jnp.bfloat16,
+def to_hf(model: JetNemotronForCausalLM, path: str | os.PathLike, *, dtype=None,
           max_shard_bytes: int = 2 * 1024 ** 3, tokenizer_from: str | os.PathLike | None = None,
           overwrite: bool = False) -> Path:
     """Write config.json + safetensors (sharded with an index above `max_shard_bytes`).
+
+    Tensors are written in the model's parameter dtype unless `dtype` is given (then cast);
+    config.json's `torch_dtype`/`dtype` always names the dtype of the tensors written.
 
     The directory is written to a temporary sibling and moved into place, so an existing
     checkpoint is never left half-written; an existing non-empty `path` is refused unless
@@ -131,7 +152,9 @@ def to_hf(model: JetNemotronForCausalLM, path: str | os.PathLike, *, dtype=jnp.b
     path = Path(path)
     with staged_directory(path, overwrite=overwrite) as tmp:
         tensors = model_to_hf_tensors(model, dtype)
-        model.config.save_json(tmp / "config.json")
+        written = {np.dtype(t.dtype) for t in tensors.values()}
+        assert len(written) == 1, written  # one cast for all tensors
+        model.config.save_json(tmp / "config.json", dtype=_dtype_name(written.pop()))
         _write_shards(tensors, tmp, max_shard_bytes)
         copy_tokenizer_files(tokenizer_from, tmp)
     return path

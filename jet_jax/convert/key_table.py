@@ -58,7 +58,24 @@ JET_BLOCK_KEYS = (
     ("o_proj.weight", ("o_proj", "kernel"), "linear", lambda c: (c.hidden_size, c.jet.value_dim)),
 )
 
-MIXER_KEYS = {"attn": QWEN2_ATTENTION_KEYS, "swa": QWEN2_ATTENTION_KEYS, "jet": JET_BLOCK_KEYS}
+# Llama: the Qwen2 projections without biases.
+LLAMA_ATTENTION_KEYS = tuple(k for k in QWEN2_ATTENTION_KEYS if not k[0].endswith(".bias"))
+
+# Qwen3: no biases, per-head RMSNorm weights [head_dim] on q and k.
+QWEN3_ATTENTION_KEYS = LLAMA_ATTENTION_KEYS + (
+    ("q_norm.weight", ("q_norm", "weight"), "same", lambda c: (c.head_dim,)),
+    ("k_norm.weight", ("k_norm", "weight"), "same", lambda c: (c.head_dim,)),
+)
+
+# The attention key table of each teacher family (ModelConfig.family).
+ATTENTION_KEYS = {"qwen2": QWEN2_ATTENTION_KEYS, "llama": LLAMA_ATTENTION_KEYS,
+                  "qwen3": QWEN3_ATTENTION_KEYS}
+
+
+def mixer_keys(cfg: ModelConfig, layer_type: str) -> tuple:
+    if layer_type in ("attn", "swa"):
+        return ATTENTION_KEYS[cfg.family]
+    return JET_BLOCK_KEYS
 
 DECODER_LAYER_KEYS = (
     ("input_layernorm.weight", ("input_layernorm", "weight"), "same", lambda c: (c.hidden_size,)),
@@ -80,7 +97,7 @@ def key_table(cfg: ModelConfig) -> list[KeySpec]:
         if t not in OFFICIAL_LAYER_TYPES:
             raise ValueError(f"layer {i} has type {t!r}, which has no official checkpoint format")
         prefix = f"model.layers.{i}."
-        for suffix, sub, layout, shape in MIXER_KEYS[t]:
+        for suffix, sub, layout, shape in mixer_keys(cfg, t):
             specs.append(KeySpec(prefix + "self_attn." + suffix, ("model", "layers", i, "self_attn") + sub,
                                  shape(cfg), layout))
         for suffix, sub, layout, shape in DECODER_LAYER_KEYS:

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jet_jax.config import ModelConfig
+from jet_jax.layers.norms import RMSNorm
 from jet_jax.layers.rope import apply_rope
 from jet_jax.ops.attention import dot_product_attention
 from jet_jax.sharding import partitioned
@@ -41,15 +42,20 @@ class Attention(nnx.Module):
         self.window = window
         self.implementation = implementation  # jet_jax.ops.attention implementations
         self.rope_theta = cfg.rope_theta
+        self.rope_scaling = cfg.rope_scaling  # (key, value) pairs: hashable, static
         init = nnx.initializers.normal(cfg.initializer_range)
         zeros = nnx.initializers.zeros_init()
         common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.q_proj = nnx.Linear(d, h * hd, use_bias=True, kernel_init=partitioned(init, "embed", "heads"),
+        bias = cfg.qkv_bias  # qwen2: q/k/v biases; llama, qwen3: none
+        self.q_proj = nnx.Linear(d, h * hd, use_bias=bias, kernel_init=partitioned(init, "embed", "heads"),
                                  bias_init=partitioned(zeros, "heads"), **common)
-        self.k_proj = nnx.Linear(d, kv * hd, use_bias=True, kernel_init=partitioned(init, "embed", "kv_heads"),
+        self.k_proj = nnx.Linear(d, kv * hd, use_bias=bias, kernel_init=partitioned(init, "embed", "kv_heads"),
                                  bias_init=partitioned(zeros, "kv_heads"), **common)
-        self.v_proj = nnx.Linear(d, kv * hd, use_bias=True, kernel_init=partitioned(init, "embed", "kv_heads"),
+        self.v_proj = nnx.Linear(d, kv * hd, use_bias=bias, kernel_init=partitioned(init, "embed", "kv_heads"),
                                  bias_init=partitioned(zeros, "kv_heads"), **common)
+        if cfg.qk_norm:  # qwen3: per-head RMSNorm over head_dim on q and k, before RoPE
+            norm = dict(eps=cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
+            self.q_norm, self.k_norm = RMSNorm(hd, **norm), RMSNorm(hd, **norm)
         self.o_proj = nnx.Linear(h * hd, d, use_bias=False, kernel_init=partitioned(init, "heads", "embed"),
                                  **common)
 
@@ -74,8 +80,10 @@ class Attention(nnx.Module):
         q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
         k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
-        q = apply_rope(q, positions, self.rope_theta)
-        k = apply_rope(k, positions, self.rope_theta)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = apply_rope(q, positions, self.rope_theta, self.rope_scaling)
+        k = apply_rope(k, positions, self.rope_theta, self.rope_scaling)
         if cache is None:
             out = dot_product_attention(q, k, v, q_segment_ids=segment_ids, kv_segment_ids=segment_ids,
                                         window=self.window, implementation=self.implementation)
