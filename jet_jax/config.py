@@ -169,7 +169,8 @@ class ModelConfig:
 
     @property
     def is_qwen2(self) -> bool:
-        return self.is_teacher and self.family == "qwen2"
+        """Historical name of `is_teacher` (all layers full attention, of any family)."""
+        return self.is_teacher
 
     @property
     def qkv_bias(self) -> bool:

@@ -99,9 +99,9 @@ UNDERSTOOD = ("model_type", "vocab_size", "hidden_size", "intermediate_size", "n
               "initializer_range")
 
 
-@pytest.mark.parametrize("name", ["llama_tied_mha", "llama_llama3", "qwen3_tied_gqa_head_dim"])
+@pytest.mark.parametrize("name", ["llama_tied_mha", "llama_llama3", "qwen3_tied_gqa_head_dim", "qwen2"])
 def test_round_trip_bitwise_and_transformers_loads_export(tmp_path, name):
-    make, kw = CASES[name]
+    make, kw = CASES[name] if name in CASES else (tiny_qwen2, dict(tied=True))
     hf = make(tmp_path / "src", **kw)
     model = from_hf(tmp_path / "src")
     out = to_hf(model, tmp_path / "out")

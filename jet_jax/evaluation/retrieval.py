@@ -18,6 +18,7 @@ from typing import Callable
 
 import numpy as np
 
+from jet_jax.evaluation.multiple_choice import encode_pair
 from jet_jax.evaluation.scoring import Request, Scorer
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
@@ -66,7 +67,7 @@ def passkey_examples(encode: Callable[[str], list[int]], *, context_len: int, nu
         while True:
             depth = int(rng.integers(0, n_fill + 1))
             prompt = FILLER * depth + needle + FILLER * (n_fill - depth) + question
-            _, cont = _split(encode, prompt, f" {key}")
+            _, cont = encode_pair(encode, prompt, f" {key}")
             ctx = ([bos_id] if bos_id is not None else []) + encode(prompt)
             if len(ctx) + len(cont) <= context_len or n_fill == 0:
                 break
@@ -76,11 +77,6 @@ def passkey_examples(encode: Callable[[str], list[int]], *, context_len: int, nu
         mask[len(ctx):] = True
         out.append(Request(ids, mask))
     return out
-
-
-def _split(encode, context, continuation):
-    from jet_jax.evaluation.multiple_choice import encode_pair
-    return encode_pair(encode, context, continuation)
 
 
 def retrieval_accuracy(model, requests: list[Request], *, per: str, batch_size: int = 4,
