@@ -1,4 +1,10 @@
-"""`jet-jax distill --config configs/distill_tiny.py --set train.steps=20 --set data.seq_len=128`."""
+"""`jet-jax distill`: distil a Jet-Nemotron student from a teacher, as a config file describes.
+
+    jet-jax distill --config configs/distill_tiny.py --set train.steps=20 --set data.seq_len=128
+
+Every setting (file and `--set`) is checked before anything is loaded or written; the run
+writes only under the config's `train.output_dir`.
+"""
 
 from __future__ import annotations
 
