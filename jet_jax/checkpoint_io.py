@@ -72,18 +72,39 @@ def save_orbax(model, path: str | os.PathLike, *, overwrite: bool = False,
     cfg: ModelConfig = model.config
     meta = {"format": FORMAT, "version": FORMAT_VERSION, "param_dtype": _param_dtype(model),
             "config": config_to_dict(cfg)}
+    files = {META_FILE: json.dumps(meta, indent=2)}
+    try:
+        files["config.json"] = json.dumps(cfg.to_hf_dict(), indent=2)
+    except ValueError:  # zoo layer types have no HF config.json form
+        pass
+    return save_params(model, path, files=files, overwrite=overwrite, tokenizer_from=tokenizer_from)
+
+
+def save_params(model, path: str | os.PathLike, *, files: dict[str, str] | None = None,
+                overwrite: bool = False, tokenizer_from: str | os.PathLike | None = None) -> Path:
+    """The one writer of a model's parameters to Orbax: `path/params/` (StandardCheckpointer
+    tree of the nnx.Param values) plus the text `files` {name: content} beside it, written to a
+    temporary sibling and moved into place (never half-written; an existing non-empty `path`
+    is refused unless `overwrite`). `load_params` reads the tree back."""
+    path = Path(path).absolute()
     state = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     with staged_directory(path, overwrite=overwrite) as tmp:
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(tmp / PARAMS_DIR, state)
             ckptr.wait_until_finished()
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
-        try:
-            cfg.save_json(tmp / "config.json")
-        except ValueError:  # zoo layer types have no HF config.json form
-            pass
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text)
         copy_tokenizer_files(tokenizer_from, tmp)
     return path
+
+
+def load_params(model, path: str | os.PathLike) -> None:
+    """Restore `path/params/` (written by `save_params`) into `model`'s nnx.Param values."""
+    state = nnx.state(model, nnx.Param)
+    with ocp.StandardCheckpointer() as ckptr:
+        restored = ckptr.restore(Path(path).absolute() / PARAMS_DIR, nnx.to_pure_dict(state))
+    nnx.replace_by_pure_dict(state, restored)
+    nnx.update(model, state)
 
 
 def load_config(path: str | os.PathLike) -> tuple[ModelConfig, str]:
