@@ -112,7 +112,10 @@ def load_config(path: str | os.PathLike) -> tuple[ModelConfig, str]:
     path = Path(path)
     if not is_orbax_dir(path):
         raise FileNotFoundError(f"{path} is not a jet-jax Orbax checkpoint (no {META_FILE})")
-    meta = json.loads((path / META_FILE).read_text())
+    try:
+        meta = json.loads((path / META_FILE).read_text())
+    except ValueError as e:
+        raise ValueError(f"{path / META_FILE}: not valid JSON: {e}") from None
     if meta.get("version", 0) > FORMAT_VERSION:
         raise ValueError(f"{path} has checkpoint format version {meta['version']}; this jet-jax "
                          f"reads up to {FORMAT_VERSION}")
@@ -182,14 +185,18 @@ _SAFETENSORS_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "
 
 def hf_dtype(path: str | os.PathLike) -> str:
     """The dtype name of an HF directory's (first) weight tensor, e.g. 'bfloat16'."""
+    import safetensors
     from safetensors import safe_open
     for f in sorted(Path(path).glob("*.safetensors")):
-        with safe_open(str(f), framework="np") as sf:
-            for k in sf.keys():
-                code = sf.get_slice(k).get_dtype()
-                if code not in _SAFETENSORS_DTYPES:
-                    raise ValueError(f"unsupported safetensors dtype {code} in {f}")
-                return _SAFETENSORS_DTYPES[code]
+        try:
+            with safe_open(str(f), framework="np") as sf:
+                for k in sf.keys():
+                    code = sf.get_slice(k).get_dtype()
+                    if code not in _SAFETENSORS_DTYPES:
+                        raise ValueError(f"unsupported safetensors dtype {code} in {f}")
+                    return _SAFETENSORS_DTYPES[code]
+        except (OSError, safetensors.SafetensorError) as e:
+            raise ValueError(f"{f}: not a readable safetensors file: {e}") from None
     raise FileNotFoundError(f"no safetensors tensors in {path}")
 
 
@@ -200,5 +207,6 @@ def load_model(path: str | os.PathLike, *, param_dtype=None, dtype=None, **model
     if fmt == "orbax":
         return load_orbax(path, param_dtype=param_dtype, dtype=dtype, **model_kwargs)
     from jet_jax.convert.hf import from_hf
+    ModelConfig.from_json_file(Path(path) / "config.json")  # a bad config.json fails first, named
     param_dtype = jnp.dtype(hf_dtype(path) if param_dtype is None else param_dtype)
     return from_hf(path, param_dtype=param_dtype, dtype=dtype, **model_kwargs)

@@ -253,7 +253,11 @@ class ModelConfig:
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> "ModelConfig":
         with open(path) as f:
-            return cls.from_hf_dict(json.load(f))
+            try:
+                d = json.load(f)
+            except json.JSONDecodeError as e:  # name the file: "line 14 column 1" alone says little
+                raise ValueError(f"{path}: not valid JSON: {e}") from None
+        return cls.from_hf_dict(d)
 
     def save_json(self, path: str | os.PathLike) -> None:
         with open(path, "w") as f:

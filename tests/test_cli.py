@@ -55,3 +55,95 @@ def test_training_commands_are_registered_not_imported():
 def test_unknown_command(capsys):
     assert main(["bogus"]) == 2
     assert "unknown command 'bogus'" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- bad input
+def _refused(capsys, argv, *needles, rc=2):
+    """`jet-jax argv` fails with exit code `rc` and one stderr line containing every needle."""
+    assert main(argv) == rc
+    captured = capsys.readouterr()
+    lines = [x for x in captured.err.splitlines() if x.strip()]
+    assert len(lines) == 1, captured.err
+    assert "Traceback" not in captured.err + captured.out
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def _truncated_hf_dir(path):
+    """An HF-looking directory whose config.json is cut off mid-object."""
+    path.mkdir()
+    (path / "config.json").write_text('{"model_type": "qwen2",\n  "vocab_size": 512,\n')
+    (path / "model.safetensors").write_bytes(b"")
+    return path
+
+
+@pytest.mark.parametrize("setting, needle", [
+    ("budget=abc", "budget: expected an integer, got 'abc'"),
+    ("bugdet=2", "unknown PostNAS setting 'bugdet'"),
+    ("budget=-1", "budget must be >= 0"),
+    ("blocks=('jet','nope')", "unknown linear block 'nope'"),
+    ("mqar.num_pairs=x", "mqar.num_pairs: expected an integer"),
+])
+def test_demo_refuses_bad_settings_before_any_work(tmp_path, capsys, setting, needle):
+    out = tmp_path / "run"
+    _refused(capsys, ["demo", "--output-dir", str(out), "--set", setting], "jet-jax demo: error", needle)
+    assert not out.exists()
+
+
+def test_demo_distill_only_refuses_bad_settings(tmp_path, capsys):
+    out = tmp_path / "run"
+    _refused(capsys, ["demo", "--distill-only", "--output-dir", str(out), "--set", "train.steps=abc"],
+             "train.steps: expected an integer")
+    _refused(capsys, ["demo", "--distill-only", "--output-dir", str(out), "--set", "trian.steps=1"],
+             "unknown key 'trian'")
+    assert not out.exists()
+
+
+def test_postnas_refuses_bad_settings_and_files(tmp_path, capsys):
+    out = tmp_path / "run"
+    _refused(capsys, ["postnas", "pipeline", "--output-dir", str(out), "--set", "budget=abc"],
+             "budget: expected an integer")
+    _refused(capsys, ["postnas", "supernet", "--output-dir", str(out), "--set", "teacher=/no/such"],
+             "'/no/such' is neither")
+    _refused(capsys, ["postnas", "search", "--output-dir", str(out)], "no super-network")
+    bad = tmp_path / "cfg.py"
+    bad.write_text("from train.postnas.config import PostNASConfig\nCONFIG = PostNASConfig(\n")
+    _refused(capsys, ["postnas", "pipeline", "--config", str(bad)], str(bad), "line")
+    bad.write_text("from train.postnas.config import PostNASConfig\nCONFIG = PostNASConfig(budget='2')\n")
+    _refused(capsys, ["postnas", "pipeline", "--config", str(bad)], str(bad), "budget")
+    assert not out.exists()
+
+
+def test_distill_refuses_bad_settings_and_files(tmp_path, capsys):
+    cfg = os.path.join(ROOT, "configs", "distill_tiny.py")
+    out = tmp_path / "run"
+    sets = ["--set", f"train.output_dir={out}"]
+    _refused(capsys, ["distill", "--config", cfg, *sets, "--set", "train.steps=abc"],
+             "train.steps: expected an integer")
+    _refused(capsys, ["distill", "--config", str(tmp_path / "missing.py")], "does not exist")
+    bad = tmp_path / "bad.py"
+    bad.write_text("def get_config(:\n")
+    _refused(capsys, ["distill", "--config", str(bad)], str(bad), "line 1")
+    teacher = _truncated_hf_dir(tmp_path / "teacher")
+    _refused(capsys, ["distill", "--config", cfg, *sets, "--set", f"model.teacher={teacher}"],
+             str(teacher / "config.json"), "not valid JSON")
+    _refused(capsys, ["distill", "--config", cfg, *sets, "--set", "model.teacher=preset:nope"],
+             "unknown preset")
+    assert not out.exists()
+
+
+def test_truncated_config_json_is_named_by_convert_generate_and_plan(tmp_path, capsys):
+    src = _truncated_hf_dir(tmp_path / "hf")
+    name = str(src / "config.json")
+    _refused(capsys, ["convert", "--from", str(src), "--to", str(tmp_path / "out")], name, rc=1)
+    assert not (tmp_path / "out").exists()
+    _refused(capsys, ["generate", "--model", str(src), "--prompt", "hi"], name, rc=1)
+    _refused(capsys, ["plan", "--model", name, "--mesh", "1,1,1"], name)
+
+
+def test_bench_rejects_bad_arguments_at_parse_time(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--contexts", "abc"])
+    assert e.value.code == 2
+    assert "--contexts" in capsys.readouterr().err

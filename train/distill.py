@@ -26,10 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jet_jax.config import hybrid_layer_types
+from jet_jax.config import ModelConfig, hybrid_layer_types
 from jet_jax.model import JetNemotronForCausalLM
 from train.checkpointing import TrainCheckpointer
-from train.config import TrainConfig, to_dict
+from train.config import ConfigError, TrainConfig, to_dict
 from train.data.mqar import mqar_accuracy
 from train.data.pipeline import make_eval_batches, make_mqar_eval_batches, make_train_iterator
 from train.distributed import initialize_distributed, mesh_from_config
@@ -47,13 +47,29 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 def load_teacher(spec: str, *, dtype=jnp.float32, seed: int = 0) -> JetNemotronForCausalLM:
     """`preset:<name>` (random init) or an HF directory."""
     if spec.startswith("preset:"):
-        from configs.presets import get_preset
+        from jet_jax.presets import get_preset
         return JetNemotronForCausalLM(get_preset(spec.split(":", 1)[1]), rngs=nnx.Rngs(seed),
                                       dtype=dtype)
     if not os.path.isdir(spec):
         raise FileNotFoundError(f"teacher {spec!r} is neither 'preset:<name>' nor an HF directory")
     from jet_jax.convert.hf import from_hf
     return from_hf(spec, dtype=dtype)
+
+
+def check_teacher(spec: str) -> None:
+    """ConfigError (one line, naming the file) if `load_teacher(spec)` would fail on the spec
+    or the directory's config.json; reads only that file."""
+    if spec.startswith("preset:"):
+        from jet_jax.presets import PRESETS
+        if spec.split(":", 1)[1] not in PRESETS:
+            raise ConfigError(f"model.teacher: unknown preset {spec!r}; available: {sorted(PRESETS)}")
+        return
+    if not os.path.isdir(spec):
+        raise ConfigError(f"model.teacher: {spec!r} is neither 'preset:<name>' nor an HF directory")
+    try:
+        ModelConfig.from_json_file(os.path.join(spec, "config.json"))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"model.teacher: {e}") from None
 
 
 def student_layer_types(cfg: TrainConfig, num_layers: int) -> tuple[str, ...]:
