@@ -1,7 +1,7 @@
 """Model configuration: one frozen dataclass for Qwen2 teachers and Jet-Nemotron students.
 
 A Qwen2 config is the special case where every layer is `attn`. Reads and writes HF
-`config.json` for model types `qwen2` and `jet_nemotron` (see shared/reference/jet_nemotron.md).
+`config.json` for model types `qwen2` and `jet_nemotron` (the released Jet-Nemotron format).
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ class JetBlockConfig:
     conv_size: int = 4
     dconv_generator_reduction: int = 8
     norm_eps: float = 1e-5
+    # Carried through config.json for the official PyTorch code; jet-jax ignores them (it picks
+    # kernels with the JetBlock's `implementation=` arguments).
     mode: str = "chunk"
     dconv_implementation: str = "triton"
 
