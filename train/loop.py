@@ -44,47 +44,20 @@ class LoopResult:
     tokens_per_s: float     # over all steps run, first step included (nan if none)
 
 
-class _Progress:
-    """tqdm or rich bar labelled `stage`, with rate and ETA; `kind` "none" shows nothing."""
+def _progress_bar(kind: str, stage: str, total: int, initial: int):
+    """A tqdm bar (kind "rich": tqdm's rich front end) labelled `stage`, with rate and ETA;
+    None for "none" and on every process but the first."""
+    if kind == "none" or jax.process_index() != 0:
+        return None
+    if kind == "rich":
+        import warnings
 
-    def __init__(self, kind: str, stage: str, total: int, initial: int):
-        self.kind = kind if jax.process_index() == 0 else "none"
-        if self.kind == "rich":
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn,
-                                       TextColumn, TimeElapsedColumn, TimeRemainingColumn)
-            from rich.text import Text
-
-            class Rate(ProgressColumn):
-                def render(self, task):
-                    return Text(f"{task.speed:.2f} it/s" if task.speed else "-- it/s")
-
-            self._rich = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                                  MofNCompleteColumn(), Rate(), TimeElapsedColumn(),
-                                  TextColumn("eta"), TimeRemainingColumn(),
-                                  TextColumn("{task.fields[postfix]}"))
-            self._rich.start()
-            self._task = self._rich.add_task(stage, total=total, completed=initial, postfix="")
-        elif self.kind == "tqdm":
-            from tqdm import tqdm
-            self._tqdm = tqdm(total=total, initial=initial, desc=stage, dynamic_ncols=True)
-
-    def update(self, n: int = 1) -> None:
-        if self.kind == "rich":
-            self._rich.update(self._task, advance=n)
-        elif self.kind == "tqdm":
-            self._tqdm.update(n)
-
-    def postfix(self, text: str) -> None:
-        if self.kind == "rich":
-            self._rich.update(self._task, postfix=text)
-        elif self.kind == "tqdm":
-            self._tqdm.set_postfix_str(text)
-
-    def close(self) -> None:
-        if self.kind == "rich":
-            self._rich.stop()
-        elif self.kind == "tqdm":
-            self._tqdm.close()
+        from tqdm import TqdmExperimentalWarning
+        from tqdm.rich import tqdm
+        warnings.simplefilter("ignore", TqdmExperimentalWarning)
+    else:
+        from tqdm import tqdm
+    return tqdm(total=total, initial=initial, desc=stage, dynamic_ncols=True)
 
 
 class TrainLoop:
@@ -101,7 +74,7 @@ class TrainLoop:
         self.stop_requested = stop_requested or (lambda: False)
         self._every: list[tuple[int, Callable[[StepInfo], Any]]] = []
         self._end: list[Callable[[StepInfo], Any]] = []
-        self._bar: _Progress | None = None
+        self._bar = None
 
     def every(self, interval: int, hook: Callable[[StepInfo], Any]) -> "TrainLoop":
         """Call `hook` after every `interval`-th step and after the last one (interval <= 0:
@@ -117,11 +90,11 @@ class TrainLoop:
     def postfix(self, text: str) -> None:
         """Show `text` (e.g. the latest loss) after the progress bar."""
         if self._bar is not None:
-            self._bar.postfix(text)
+            self._bar.set_postfix_str(text, refresh=False)
 
     def run(self, state, next_input: Callable[[int], Any], *, start: int = 0
             ) -> tuple[Any, LoopResult]:
-        self._bar = _Progress(self.progress, self.stage, self.total_steps, start)
+        self._bar = _progress_bar(self.progress, self.stage, self.total_steps, start)
         step, interrupted, metrics = start, False, None
         t_start = time.perf_counter()
         t_first = None
@@ -141,7 +114,8 @@ class TrainLoop:
                     t_first = time.perf_counter()
                 else:
                     tokens_after_first += n
-                self._bar.update(1)
+                if self._bar is not None:
+                    self._bar.update(1)
                 info = StepInfo(step, state, metrics, _rate(tokens_after_first, t_first), self)
                 for interval, hook in self._every:
                     if interval > 0 and (step % interval == 0 or step == self.total_steps):
@@ -151,7 +125,8 @@ class TrainLoop:
             for hook in self._end:
                 hook(info)
         finally:
-            self._bar.close()
+            if self._bar is not None:
+                self._bar.close()
             self._bar = None
         rate = tokens_all / wall if tokens_all and wall > 0 else float("nan")
         return state, LoopResult(start, step, interrupted, wall, rate)
