@@ -58,23 +58,8 @@ class ByteTokenizer:
     def __init__(self, vocab_size: int = 259):
         if vocab_size < 259:
             raise ValueError(f"ByteTokenizer needs vocab_size >= 259 (bytes + pad/bos/eos), got {vocab_size}")
-        self._vocab_size = vocab_size
-
-    @property
-    def vocab_size(self) -> int:
-        return self._vocab_size
-
-    @property
-    def bos_id(self) -> int:
-        return self.BOS_ID
-
-    @property
-    def eos_id(self) -> int:
-        return self.EOS_ID
-
-    @property
-    def pad_id(self) -> int:
-        return self.PAD_ID
+        self.vocab_size = vocab_size
+        self.bos_id, self.eos_id, self.pad_id = self.BOS_ID, self.EOS_ID, self.PAD_ID
 
     def encode(self, text: str) -> list[int]:
         """text -> list of byte values (specials are never produced)."""

@@ -78,34 +78,27 @@ def _truncated_hf_dir(path):
     return path
 
 
-@pytest.mark.parametrize("setting, needle", [
-    ("budget=abc", "budget: expected an integer, got 'abc'"),
-    ("bugdet=2", "unknown PostNAS setting 'bugdet'"),
-    ("budget=-1", "budget must be >= 0"),
-    ("blocks=('jet','nope')", "unknown linear block 'nope'"),
-    ("mqar.num_pairs=x", "mqar.num_pairs: expected an integer"),
+@pytest.mark.parametrize("command, setting, needle", [
+    (["demo"], "budget=abc", "budget: expected an integer, got 'abc'"),
+    (["demo"], "bugdet=2", "unknown PostNAS setting 'bugdet'"),
+    (["demo"], "budget=-1", "budget must be >= 0"),
+    (["demo"], "blocks=('jet','nope')", "unknown linear block 'nope'"),
+    (["demo"], "mqar.num_pairs=x", "mqar.num_pairs: expected an integer"),
+    (["demo", "--distill-only"], "train.steps=abc", "train.steps: expected an integer"),
+    (["demo", "--distill-only"], "trian.steps=1", "unknown key 'trian'"),
+    (["postnas", "pipeline"], "budget=abc", "budget: expected an integer"),
+    (["postnas", "supernet"], "teacher=/no/such", "'/no/such' is neither"),
+    (["postnas", "supernet"], "teacher_preset=nope", "unknown preset 'nope'"),
 ])
-def test_demo_refuses_bad_settings_before_any_work(tmp_path, capsys, setting, needle):
+def test_bad_settings_are_refused_before_any_work(tmp_path, capsys, command, setting, needle):
     out = tmp_path / "run"
-    _refused(capsys, ["demo", "--output-dir", str(out), "--set", setting], "jet-jax demo: error", needle)
+    _refused(capsys, [*command, "--output-dir", str(out), "--set", setting],
+             f"jet-jax {command[0]}: error", needle)
     assert not out.exists()
 
 
-def test_demo_distill_only_refuses_bad_settings(tmp_path, capsys):
+def test_postnas_refuses_missing_stages_and_bad_files(tmp_path, capsys):
     out = tmp_path / "run"
-    _refused(capsys, ["demo", "--distill-only", "--output-dir", str(out), "--set", "train.steps=abc"],
-             "train.steps: expected an integer")
-    _refused(capsys, ["demo", "--distill-only", "--output-dir", str(out), "--set", "trian.steps=1"],
-             "unknown key 'trian'")
-    assert not out.exists()
-
-
-def test_postnas_refuses_bad_settings_and_files(tmp_path, capsys):
-    out = tmp_path / "run"
-    _refused(capsys, ["postnas", "pipeline", "--output-dir", str(out), "--set", "budget=abc"],
-             "budget: expected an integer")
-    _refused(capsys, ["postnas", "supernet", "--output-dir", str(out), "--set", "teacher=/no/such"],
-             "'/no/such' is neither")
     _refused(capsys, ["postnas", "search", "--output-dir", str(out)], "no super-network")
     bad = tmp_path / "cfg.py"
     bad.write_text("from train.postnas.config import PostNASConfig\nCONFIG = PostNASConfig(\n")
