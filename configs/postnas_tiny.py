@@ -6,6 +6,7 @@ about 0.55-0.6 on it in 1200 steps. It does not learn harder MQAR (8+ pairs, lar
 in a CPU-sized budget; see docs/postnas.md.
 """
 
+from train.data.mqar import MQARConfig
 from train.postnas.config import PostNASConfig
 
 CONFIG = PostNASConfig(
@@ -16,7 +17,7 @@ CONFIG = PostNASConfig(
     teacher_steps=1200,
     block="jet", jet_heads=2, jet_head_dim=16, jet_expand_v=2.0,
     seq_len=128, batch_size=8,
-    mqar_pairs=4, mqar_queries=4, mqar_token_range=(0, 32), mqar_weight=2.0,
+    mqar=MQARConfig(num_pairs=4, num_queries=4, token_range=(0, 32)), mqar_weight=2.0,
     eval_mqar_batches=16,         # 512 answers: standard error of an accuracy ~0.02
     supernet_steps=300, budget=1, beam_width=3,
     run_blocks=True, block_steps=40,

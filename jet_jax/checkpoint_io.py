@@ -72,18 +72,39 @@ def save_orbax(model, path: str | os.PathLike, *, overwrite: bool = False,
     cfg: ModelConfig = model.config
     meta = {"format": FORMAT, "version": FORMAT_VERSION, "param_dtype": _param_dtype(model),
             "config": config_to_dict(cfg)}
+    files = {META_FILE: json.dumps(meta, indent=2)}
+    try:
+        files["config.json"] = json.dumps(cfg.to_hf_dict(), indent=2)
+    except ValueError:  # zoo layer types have no HF config.json form
+        pass
+    return save_params(model, path, files=files, overwrite=overwrite, tokenizer_from=tokenizer_from)
+
+
+def save_params(model, path: str | os.PathLike, *, files: dict[str, str] | None = None,
+                overwrite: bool = False, tokenizer_from: str | os.PathLike | None = None) -> Path:
+    """The one writer of a model's parameters to Orbax: `path/params/` (StandardCheckpointer
+    tree of the nnx.Param values) plus the text `files` {name: content} beside it, written to a
+    temporary sibling and moved into place (never half-written; an existing non-empty `path`
+    is refused unless `overwrite`). `load_params` reads the tree back."""
+    path = Path(path).absolute()
     state = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     with staged_directory(path, overwrite=overwrite) as tmp:
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(tmp / PARAMS_DIR, state)
             ckptr.wait_until_finished()
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
-        try:
-            cfg.save_json(tmp / "config.json")
-        except ValueError:  # zoo layer types have no HF config.json form
-            pass
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text)
         copy_tokenizer_files(tokenizer_from, tmp)
     return path
+
+
+def load_params(model, path: str | os.PathLike) -> None:
+    """Restore `path/params/` (written by `save_params`) into `model`'s nnx.Param values."""
+    state = nnx.state(model, nnx.Param)
+    with ocp.StandardCheckpointer() as ckptr:
+        restored = ckptr.restore(Path(path).absolute() / PARAMS_DIR, nnx.to_pure_dict(state))
+    nnx.replace_by_pure_dict(state, restored)
+    nnx.update(model, state)
 
 
 def load_config(path: str | os.PathLike) -> tuple[ModelConfig, str]:
@@ -91,7 +112,10 @@ def load_config(path: str | os.PathLike) -> tuple[ModelConfig, str]:
     path = Path(path)
     if not is_orbax_dir(path):
         raise FileNotFoundError(f"{path} is not a jet-jax Orbax checkpoint (no {META_FILE})")
-    meta = json.loads((path / META_FILE).read_text())
+    try:
+        meta = json.loads((path / META_FILE).read_text())
+    except ValueError as e:
+        raise ValueError(f"{path / META_FILE}: not valid JSON: {e}") from None
     if meta.get("version", 0) > FORMAT_VERSION:
         raise ValueError(f"{path} has checkpoint format version {meta['version']}; this jet-jax "
                          f"reads up to {FORMAT_VERSION}")
@@ -161,14 +185,18 @@ _SAFETENSORS_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "
 
 def hf_dtype(path: str | os.PathLike) -> str:
     """The dtype name of an HF directory's (first) weight tensor, e.g. 'bfloat16'."""
+    import safetensors
     from safetensors import safe_open
     for f in sorted(Path(path).glob("*.safetensors")):
-        with safe_open(str(f), framework="np") as sf:
-            for k in sf.keys():
-                code = sf.get_slice(k).get_dtype()
-                if code not in _SAFETENSORS_DTYPES:
-                    raise ValueError(f"unsupported safetensors dtype {code} in {f}")
-                return _SAFETENSORS_DTYPES[code]
+        try:
+            with safe_open(str(f), framework="np") as sf:
+                for k in sf.keys():
+                    code = sf.get_slice(k).get_dtype()
+                    if code not in _SAFETENSORS_DTYPES:
+                        raise ValueError(f"unsupported safetensors dtype {code} in {f}")
+                    return _SAFETENSORS_DTYPES[code]
+        except (OSError, safetensors.SafetensorError) as e:
+            raise ValueError(f"{f}: not a readable safetensors file: {e}") from None
     raise FileNotFoundError(f"no safetensors tensors in {path}")
 
 
@@ -179,5 +207,6 @@ def load_model(path: str | os.PathLike, *, param_dtype=None, dtype=None, **model
     if fmt == "orbax":
         return load_orbax(path, param_dtype=param_dtype, dtype=dtype, **model_kwargs)
     from jet_jax.convert.hf import from_hf
+    ModelConfig.from_json_file(Path(path) / "config.json")  # a bad config.json fails first, named
     param_dtype = jnp.dtype(hf_dtype(path) if param_dtype is None else param_dtype)
     return from_hf(path, param_dtype=param_dtype, dtype=dtype, **model_kwargs)

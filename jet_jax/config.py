@@ -57,6 +57,8 @@ class JetBlockConfig:
     conv_size: int = 4
     dconv_generator_reduction: int = 8
     norm_eps: float = 1e-5
+    # Carried through config.json for the official PyTorch code; jet-jax ignores them (it picks
+    # kernels with the JetBlock's `implementation=` arguments).
     mode: str = "chunk"
     dconv_implementation: str = "triton"
 
@@ -337,7 +339,11 @@ class ModelConfig:
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> "ModelConfig":
         with open(path) as f:
-            return cls.from_hf_dict(json.load(f))
+            try:
+                d = json.load(f)
+            except json.JSONDecodeError as e:  # name the file: "line 14 column 1" alone says little
+                raise ValueError(f"{path}: not valid JSON: {e}") from None
+        return cls.from_hf_dict(d)
 
     def save_json(self, path: str | os.PathLike, dtype: str = "bfloat16") -> None:
         with open(path, "w") as f:

@@ -14,7 +14,7 @@ from tests.hf_fixtures import random_jet_checkpoint
 
 
 def _reference_keys(cfg):
-    """Key names and shapes written out independently from shared/reference/jet_nemotron.md."""
+    """Key names and shapes written out independently from the released checkpoints' key list."""
     D, F, j = cfg.hidden_size, cfg.intermediate_size, cfg.jet
     H, dk, dv, W = j.num_heads, j.head_dim, j.head_v_dim, j.conv_size
     K, V, G = H * dk, H * dv, H * dv // j.dconv_generator_reduction

@@ -1,4 +1,4 @@
-"""An independent PyTorch Jet-Nemotron built for testing, from shared/reference/jet_nemotron.md.
+"""An independent PyTorch Jet-Nemotron built for testing, from the paper and released configs.
 
 transformers' Qwen2 supplies embeddings, norms, MLPs and the full / sliding-window attention;
 the `jet` layers' `self_attn` is replaced by a torch JetBlock written from the reference text

@@ -1,10 +1,19 @@
-"""Training configuration: frozen dataclasses, Python config files and `--set` overrides.
+"""The one config engine: frozen dataclasses, Python config files and `--set` overrides.
 
-A config file is a Python file exposing `get_config() -> TrainConfig` (see
-configs/distill_tiny.py). On the command line, `--set section.field=value` replaces one
-field; the value is parsed with `ast.literal_eval` when possible (else taken as a string)
-and checked against the field's annotated type, so `--set optimizer.lr=abc` or
-`--set optimizr.lr=1e-3` fail with a message naming the valid choices.
+`TrainConfig` (distillation) and `train.postnas.config.PostNASConfig` are both plain frozen
+dataclasses whose sections are dataclasses too (`DataConfig`, `OptimizerSection`, ...); the
+functions here work on any of them:
+
+* `load_config_file(path, expected)`: a Python file exposing `get_config()` (see
+  configs/distill_tiny.py) or `CONFIG`; every field is type-checked (`validate`) and errors
+  name the file (and line, for a syntax error).
+* `apply_overrides(cfg, ["section.field=value", ...])`: the value is parsed with
+  `ast.literal_eval` when possible (else taken as a string) and checked against the field's
+  annotated type, so `--set optimizer.lr=abc` or `--set optimizr.lr=1e-3` fail with one line
+  naming the key and the valid choices.
+* `to_dict(cfg)`: JSON-able view.
+
+Commands call these before any work starts, so a bad setting never leaves a run half done.
 """
 
 from __future__ import annotations
@@ -116,18 +125,6 @@ class MeshSection:
                 s == 0 or s < -1 for s in self.shape):
             raise ConfigError(f"mesh.shape must be 3 positive sizes (one may be -1), got {self.shape}")
 
-    def resolve(self, num_devices: int) -> tuple[int, int, int]:
-        known = 1
-        for s in self.shape:
-            known *= s if s > 0 else 1
-        if -1 in self.shape:
-            if num_devices % known:
-                raise ConfigError(f"mesh.shape {self.shape} does not divide {num_devices} devices")
-            return tuple(num_devices // known if s == -1 else s for s in self.shape)  # type: ignore
-        if known != num_devices:
-            raise ConfigError(f"mesh.shape {self.shape} needs {known} devices, found {num_devices}")
-        return self.shape
-
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointSection:
@@ -184,20 +181,47 @@ class TrainConfig:
 # ----------------------------------------------------------------------------- files
 
 
-def load_config_file(path: str | os.PathLike) -> TrainConfig:
-    """Import a Python config file and call its `get_config()`."""
+def load_config_file(path: str | os.PathLike, expected: type = TrainConfig) -> Any:
+    """Run a Python config file and return its `get_config()` (or its `CONFIG`), an instance
+    of `expected` with every field type-checked. Any error names the file."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path!r} does not exist")
     spec = importlib.util.spec_from_file_location(f"_jet_jax_config_{abs(hash(path))}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    if not hasattr(module, "get_config"):
-        raise ConfigError(f"config file {path!r} defines no get_config()")
-    cfg = module.get_config()
-    if not isinstance(cfg, TrainConfig):
-        raise ConfigError(f"{path}: get_config() returned {type(cfg).__name__}, expected TrainConfig")
+    try:
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+        if hasattr(module, "get_config"):
+            cfg = module.get_config()
+        elif hasattr(module, "CONFIG"):
+            cfg = module.CONFIG
+        else:
+            raise ConfigError(f"config file {path!r} defines no get_config() (or CONFIG)")
+    except ConfigError as e:
+        raise ConfigError(e if path in str(e) else f"{path}: {e}") from None
+    except SyntaxError as e:
+        raise ConfigError(f"{path}, line {e.lineno}: {e.msg}") from None
+    except Exception as e:  # the file's own code failed: report it as a bad config, one line
+        raise ConfigError(f"{path}: {type(e).__name__}: {e}") from None
+    if not isinstance(cfg, expected):
+        raise ConfigError(f"{path}: get_config() returned {type(cfg).__name__}, expected "
+                          f"{expected.__name__}")
+    validate(cfg, where=path)
     return cfg
+
+
+def validate(cfg: Any, where: str = "config", prefix: str = "") -> None:
+    """Check every field of `cfg` (recursively) against its annotated type; ConfigError naming
+    the first wrong key. (`--set` checks as it parses; this covers values from files and code.)"""
+    for name, tp in _fields(cfg).items():
+        key = f"{prefix}{name}"
+        value = getattr(cfg, name)
+        try:
+            _check_type(value, tp, key)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {key}: {str(e).split(': ', 1)[-1]}") from None
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            validate(value, where, f"{key}.")
 
 
 # ----------------------------------------------------------------------------- overrides
@@ -244,7 +268,7 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, dict):
             try:
                 return tp(**value)
-            except TypeError as e:
+            except (TypeError, ValueError) as e:
                 raise ConfigError(f"--set {key}: {e}") from None
         if isinstance(value, tp):
             return value
@@ -287,7 +311,8 @@ def _replace_path(obj: Any, parts: list[str], value: Any, key: str) -> Any:
     name = parts[0]
     if name not in fields:
         where = ".".join(key.split(".")[: len(key.split(".")) - len(parts)]) or "the config"
-        raise ConfigError(f"--set {key}: unknown key {name!r} in {where}; valid keys: {sorted(fields)}")
+        label = getattr(type(obj), "setting_label", "key")
+        raise ConfigError(f"--set {key}: unknown {label} {name!r} in {where}; valid keys: {sorted(fields)}")
     current = getattr(obj, name)
     if len(parts) == 1:
         # A plain-string field takes the text as typed (`--set logging.progress=none`).
@@ -305,8 +330,8 @@ def _replace_path(obj: Any, parts: list[str], value: Any, key: str) -> Any:
         raise ConfigError(f"--set {key}: {e}") from None
 
 
-def apply_overrides(cfg: TrainConfig, overrides: Sequence[str]) -> TrainConfig:
-    """Apply `section.field=value` strings in order."""
+def apply_overrides(cfg: Any, overrides: Sequence[str]) -> Any:
+    """Apply `section.field=value` strings in order to a config dataclass (any of them)."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.steps=20")

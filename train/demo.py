@@ -23,12 +23,13 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
-import optax
-from flax import nnx
+
+from train.pretrain import ce_train_step, train_teacher  # noqa: F401  (re-exported)
 
 DEFAULT_OUT = "runs/demo"
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -42,7 +43,9 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="the longer PostNAS run (configs/postnas_full.py) instead of the "
                              "12-minute default")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a PostNAS setting (repeatable), e.g. --set budget=2")
+                        help="override a setting (repeatable): a PostNAS setting, e.g. --set "
+                             "budget=2, or with --distill-only a distillation one, e.g. --set "
+                             "train.steps=50")
     parser.add_argument("--distill-only", action="store_true",
                         help="only the 2-minute teacher -> student distillation demo")
     g = parser.add_argument_group("--distill-only options")
@@ -55,101 +58,73 @@ def register(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--progress", default="tqdm", choices=("tqdm", "rich", "none"))
 
 
-def ce_train_step(flat, tx):
-    """Jitted (params, opt_state, batch) -> (params, opt_state, loss): one cross-entropy step
-    of `flat` (a train.flat_model.FlatModel) with the optax transform `tx`."""
-    from train.losses import cross_entropy
-
-    @jax.jit
-    def step(params, opt_state, batch):
-        def loss_fn(p):
-            logits = flat.merge(p)(batch["input_ids"], batch["segment_ids"], batch["positions"])
-            return cross_entropy(logits, batch["targets"], batch["loss_mask"])
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-    return step
-
-
-def train_teacher(model_cfg, data_cfg, *, steps: int, lr: float, warmup_steps: int, seed: int,
-                  out_dir: str, progress: str = "tqdm", print_fn=print) -> dict:
-    """Cross-entropy pre-training of a Qwen2-architecture model; saved with `to_hf`."""
-    from jet_jax.convert.hf import to_hf
-    from jet_jax.model import JetNemotronForCausalLM
-    from train.data.pipeline import make_train_iterator
-    from train.flat_model import FlatModel
-
-    if not model_cfg.is_qwen2:
-        raise ValueError("the demo teacher must be a Qwen2 (all-attn) config")
-    model = JetNemotronForCausalLM(model_cfg, rngs=nnx.Rngs(seed))
-    flat = FlatModel(model)
-    params = flat.params(model)
-    schedule = optax.warmup_cosine_decay_schedule(0.0, lr, min(warmup_steps, steps - 1), steps,
-                                                  end_value=lr * 0.1)
-    tx = optax.chain(optax.clip_by_global_norm(1.0),
-                     optax.adamw(schedule, b2=0.95, weight_decay=0.01,
-                                 mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)))
-    opt_state = tx.init(params)
-
-    step = ce_train_step(flat, tx)
-    it = make_train_iterator(data_cfg)
-    from tqdm import tqdm
-    bar = tqdm(range(steps), desc="teacher", disable=progress == "none", dynamic_ncols=True)
-    t0 = time.perf_counter()
-    loss = None
-    for i in bar:
-        params, opt_state, loss = step(params, opt_state, next(it))
-        if (i + 1) % 10 == 0:
-            bar.set_postfix_str(f"ce {float(loss):.3f}")
-    wall = time.perf_counter() - t0
-    to_hf(flat.merge(params), out_dir, dtype=jnp.float32, overwrite=True)
-    tokens = steps * data_cfg.batch_size * data_cfg.seq_len
-    print_fn(f"teacher: {steps} steps, final train CE {float(loss):.3f}, {tokens / wall:.0f} tokens/s, "
-             f"saved to {out_dir}")
-    return {"steps": steps, "final_ce": float(loss), "tokens_per_s": tokens / wall, "wall_s": wall}
-
-
 def run(args: argparse.Namespace) -> int:
+    """Validate every setting first (one-line error, nothing written), then run."""
+    from train.config import ConfigError
+    try:
+        cfg = distill_demo_config(args) if args.distill_only else postnas_demo_config(args)
+    except ConfigError as e:
+        print(f"jet-jax demo: error: {e}", file=sys.stderr)
+        return 2
     if args.distill_only:
-        return run_distill_demo(args)
-    from train.postnas.cli import pipeline
-    from train.postnas.config import apply_overrides, load_config
-    name = "postnas_full.py" if args.full else "postnas_tiny.py"
-    cfg = apply_overrides(load_config(os.path.join(CONFIG_DIR, name)), args.set)
-    if args.output_dir or not args.full:
-        cfg = cfg.replace(output_dir=args.output_dir or DEFAULT_OUT)
+        return run_distill_demo(args, cfg)
+    from train.postnas.cli import pipeline, preflight
+    problem = preflight(cfg, "pipeline")
+    if problem:
+        print(f"jet-jax demo: error: {problem}", file=sys.stderr)
+        return 2
     pipeline(cfg)
     return 0
 
 
-def run_distill_demo(args: argparse.Namespace) -> int:
-    from configs import demo as demo_cfg
-    from train.distill import run_distill
+def postnas_demo_config(args: argparse.Namespace):
+    """configs/postnas_tiny.py (or _full.py with --full), then --set, then --output-dir."""
+    from train.config import apply_overrides
+    from train.postnas.config import load_config
+    name = "postnas_full.py" if args.full else "postnas_tiny.py"
+    cfg = apply_overrides(load_config(os.path.join(CONFIG_DIR, name)), args.set)
+    if args.output_dir or not args.full:
+        cfg = cfg.replace(output_dir=args.output_dir or DEFAULT_OUT)
+    return cfg
 
-    t0 = time.perf_counter()
+
+def distill_demo_config(args: argparse.Namespace):
+    """configs/demo.py's distillation stage with the demo's options, then --set (TrainConfig
+    keys, e.g. train.steps=50)."""
+    from configs import demo as demo_cfg
+    from train.config import apply_overrides
     out = os.path.abspath(args.output_dir or os.path.join(DEFAULT_OUT, "distill"))
-    teacher_dir = os.path.join(out, "teacher")
     cfg = demo_cfg.get_config()
     data = cfg.data
     if args.seq_len is not None:
         data = dataclasses.replace(data, seq_len=args.seq_len)
     if args.batch_size is not None:
         data = dataclasses.replace(data, batch_size=args.batch_size)
+    cfg = dataclasses.replace(
+        cfg, data=data,
+        model=dataclasses.replace(cfg.model, teacher=os.path.join(out, "teacher")),
+        train=dataclasses.replace(cfg.train, output_dir=os.path.join(out, "student"),
+                                  steps=args.steps if args.steps is not None else cfg.train.steps),
+        logging=dataclasses.replace(cfg.logging, progress=args.progress))
+    return apply_overrides(cfg, args.set)
+
+
+def run_distill_demo(args: argparse.Namespace, cfg) -> int:
+    from configs import demo as demo_cfg
+    from train.distill import run_distill
+
+    t0 = time.perf_counter()
+    out = os.path.abspath(args.output_dir or os.path.join(DEFAULT_OUT, "distill"))
+    teacher_dir = cfg.model.teacher
     t = demo_cfg.TEACHER
     teacher_steps = args.teacher_steps if args.teacher_steps is not None else t.steps
     teacher_info = None
     if args.retrain_teacher or not os.path.exists(os.path.join(teacher_dir, "config.json")):
-        teacher_info = train_teacher(t.model, data, steps=teacher_steps, lr=t.lr,
+        teacher_info = train_teacher(t.model, cfg.data, steps=teacher_steps, lr=t.lr,
                                      warmup_steps=t.warmup_steps, seed=t.seed, out_dir=teacher_dir,
-                                     progress=args.progress)
+                                     progress=cfg.logging.progress)
     else:
         print(f"reusing the teacher in {teacher_dir} (--retrain-teacher to train it again)")
-    cfg = dataclasses.replace(
-        cfg, data=data,
-        model=dataclasses.replace(cfg.model, teacher=teacher_dir),
-        train=dataclasses.replace(cfg.train, output_dir=os.path.join(out, "student"),
-                                  steps=args.steps if args.steps is not None else cfg.train.steps),
-        logging=dataclasses.replace(cfg.logging, progress=args.progress))
     s = run_distill(cfg)
     from jet_jax.convert.hf import to_hf
     student_dir = os.path.join(out, "student", "hf")

@@ -26,14 +26,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jet_jax.config import hybrid_layer_types
+from jet_jax.config import ModelConfig, hybrid_layer_types
 from jet_jax.model import JetNemotronForCausalLM
 from train.checkpointing import TrainCheckpointer
-from train.config import TrainConfig, to_dict
+from train.config import ConfigError, TrainConfig, to_dict
 from train.data.mqar import mqar_accuracy
 from train.data.pipeline import make_eval_batches, make_mqar_eval_batches, make_train_iterator
 from train.distributed import initialize_distributed, mesh_from_config
 from train.flat_model import FlatModel
+from train.loop import TrainLoop
 from train.metrics import MetricsWriter
 from train.student import student_from_teacher
 from train.train_step import DistillStep
@@ -46,13 +47,29 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 def load_teacher(spec: str, *, dtype=jnp.float32, seed: int = 0) -> JetNemotronForCausalLM:
     """`preset:<name>` (random init) or an HF directory."""
     if spec.startswith("preset:"):
-        from configs.presets import get_preset
+        from jet_jax.presets import get_preset
         return JetNemotronForCausalLM(get_preset(spec.split(":", 1)[1]), rngs=nnx.Rngs(seed),
                                       dtype=dtype)
     if not os.path.isdir(spec):
         raise FileNotFoundError(f"teacher {spec!r} is neither 'preset:<name>' nor an HF directory")
     from jet_jax.convert.hf import from_hf
     return from_hf(spec, dtype=dtype)
+
+
+def check_teacher(spec: str) -> None:
+    """ConfigError (one line, naming the file) if `load_teacher(spec)` would fail on the spec
+    or the directory's config.json; reads only that file."""
+    if spec.startswith("preset:"):
+        from jet_jax.presets import PRESETS
+        if spec.split(":", 1)[1] not in PRESETS:
+            raise ConfigError(f"model.teacher: unknown preset {spec!r}; available: {sorted(PRESETS)}")
+        return
+    if not os.path.isdir(spec):
+        raise ConfigError(f"model.teacher: {spec!r} is neither 'preset:<name>' nor an HF directory")
+    try:
+        ModelConfig.from_json_file(os.path.join(spec, "config.json"))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"model.teacher: {e}") from None
 
 
 def student_layer_types(cfg: TrainConfig, num_layers: int) -> tuple[str, ...]:
@@ -91,29 +108,6 @@ class _StopFlag:
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
-
-
-def _progress(kind: str, total: int, initial: int):
-    if kind == "none" or jax.process_index() != 0:
-        return None
-    if kind == "rich":
-        from rich.progress import Progress
-        p = Progress()
-        p.start()
-        task = p.add_task("distill", total=total, completed=initial)
-
-        class _Rich:
-            def update(self, n):
-                p.update(task, advance=n)
-
-            def set_postfix_str(self, s):
-                p.update(task, description=f"distill {s}")
-
-            def close(self):
-                p.stop()
-        return _Rich()
-    from tqdm import tqdm
-    return tqdm(total=total, initial=initial, desc="distill", dynamic_ncols=True)
 
 
 def evaluate(ds: DistillStep, params, teacher_params, lm_batches, mqar_batches,
@@ -186,7 +180,7 @@ def run_distill(cfg: TrainConfig, *, teacher_model: JetNemotronForCausalLM | Non
         teacher_mqar = float(np.mean([mqar_accuracy(np.asarray(jax.device_get(
             ds.teacher_logits(teacher_params, b))), b) for b in mqar_batches]))
 
-    def do_eval(step):
+    def do_eval(state, step):
         m = evaluate(ds, state["params"], teacher_params, lm_batches, mqar_batches, teacher_mqar)
         if m:
             writer.write(step, m, "eval")
@@ -194,60 +188,65 @@ def run_distill(cfg: TrainConfig, *, teacher_model: JetNemotronForCausalLM | Non
 
     summary: dict[str, Any] = {"start_step": start, "init_eval": None, "interrupted": False}
     if start == 0 and (lm_batches or mqar_batches):
-        summary["init_eval"] = do_eval(0)
+        summary["init_eval"] = do_eval(state, 0)
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len * accum
-    bar = _progress(cfg.logging.progress, cfg.train.steps, start)
-    step = start
-    t_start = time.perf_counter()
-    t_window, steps_window = t_start, 0
     stop = _StopFlag()
-    last_eval = None
-    last_saved = start
+
+    def step_fn(state, micro_batches):
+        metrics = []
+        for batch in micro_batches:
+            state, m = ds.step(state, teacher_params, batch)
+            metrics.append(m)
+        return state, metrics
+
+    loop = TrainLoop(step_fn, stage="distill", total_steps=cfg.train.steps, tokens=tokens_per_step,
+                     progress=cfg.logging.progress, stop_requested=lambda: stop.signum is not None)
+    saved = {"step": start}
+    window = {"t": time.perf_counter(), "steps": 0}
+
+    def save(info):
+        if ckpt.maybe_save(info.step, info.state, data_state={"iterator": data_it.get_state()}):
+            saved["step"] = info.step
+
+    def log_train(info):
+        vals = jax.device_get(info.metrics)
+        metrics = {k: float(np.mean([v[k] for v in vals])) for k in vals[0]}
+        now = time.perf_counter()
+        steps = info.step - start - window["steps"]
+        metrics["tokens_per_s"] = tokens_per_step * steps / (now - window["t"])
+        window["t"], window["steps"] = now, info.step - start
+        writer.write(info.step, metrics, "train")
+        info.loop.postfix(f"loss {metrics['loss']:.4f} kl {metrics['kl']:.4f}")
+
+    def periodic_eval(info):
+        if info.step < cfg.train.steps:
+            summary["final_eval"] = do_eval(info.state, info.step)
+
+    def finish(info):
+        if stop.signum is not None:
+            summary["interrupted"] = True
+            print_fn(f"signal {stop.signum}: saving step {info.step} and stopping")
+        if saved["step"] != info.step:
+            ckpt.maybe_save(info.step, info.state, data_state={"iterator": data_it.get_state()},
+                            force=True)
+        if not summary["interrupted"] and (lm_batches or mqar_batches):
+            summary["final_eval"] = do_eval(info.state, info.step)
+
+    loop.every(1, save).every(cfg.logging.interval, log_train).every(cfg.eval.interval, periodic_eval)
+    loop.at_end(finish)
+    summary["final_eval"] = None
     try:
         with stop.installed():
-            while step < cfg.train.steps:
-                if stop.signum is not None:
-                    summary["interrupted"] = True
-                    print_fn(f"signal {stop.signum}: saving step {step} and stopping")
-                    break
-                micro = []
-                for _ in range(accum):
-                    state, m = ds.step(state, teacher_params, next(data_it))
-                    micro.append(m)
-                step += 1
-                steps_window += 1
-                data_state = {"iterator": data_it.get_state()}
-                if ckpt.maybe_save(step, state, data_state=data_state):
-                    last_saved = step
-                if step % cfg.logging.interval == 0 or step == cfg.train.steps:
-                    vals = jax.device_get(micro)
-                    metrics = {k: float(np.mean([v[k] for v in vals])) for k in vals[0]}
-                    now = time.perf_counter()
-                    metrics["tokens_per_s"] = tokens_per_step * steps_window / (now - t_window)
-                    t_window, steps_window = now, 0
-                    writer.write(step, metrics, "train")
-                    if bar is not None:
-                        bar.set_postfix_str(f"loss {metrics['loss']:.4f} kl {metrics['kl']:.4f}")
-                if bar is not None:
-                    bar.update(1)
-                if cfg.eval.interval > 0 and step % cfg.eval.interval == 0 and step < cfg.train.steps:
-                    last_eval = do_eval(step)
-        train_wall = time.perf_counter() - t_start
-        if step > start:
-            summary["tokens_per_s"] = tokens_per_step * (step - start) / train_wall
-        summary["train_wall_s"] = train_wall
-        if last_saved != step:
-            ckpt.maybe_save(step, state, data_state={"iterator": data_it.get_state()}, force=True)
-        if not summary["interrupted"] and (lm_batches or mqar_batches):
-            last_eval = do_eval(step)
-        summary["final_eval"] = last_eval
-        summary["end_step"] = step
+            state, result = loop.run(state, lambda _: [next(data_it) for _ in range(accum)],
+                                     start=start)
+        summary["train_wall_s"] = result.wall_s
+        if result.end_step > start:
+            summary["tokens_per_s"] = result.tokens_per_s
+        summary["end_step"] = result.end_step
         summary["final_params"] = state["params"]
         summary["student_config"] = s_flat.config
         summary["flat_model"] = s_flat
     finally:
-        if bar is not None:
-            bar.close()
         ckpt.close()
         writer.close()
     return summary

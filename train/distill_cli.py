@@ -1,11 +1,18 @@
-"""`jet-jax distill --config configs/distill_tiny.py --set train.steps=20 --set data.seq_len=128`."""
+"""`jet-jax distill`: distil a Jet-Nemotron student from a teacher, as a config file describes.
+
+    jet-jax distill --config configs/distill_tiny.py --set train.steps=20 --set data.seq_len=128
+
+Every setting (file and `--set`) is checked before anything is loaded or written; the run
+writes only under the config's `train.output_dir`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 
-from train.config import ConfigError, apply_overrides, load_config_file
+from train.config import ConfigError, apply_overrides, load_config_file, to_dict
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -16,16 +23,18 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from train.config import to_dict
+    from train.distill import check_teacher, run_distill
+
     try:
         cfg = apply_overrides(load_config_file(args.config), args.overrides)
+        if not args.print_config:
+            check_teacher(cfg.model.teacher)
     except ConfigError as e:
-        print(f"error: {e}")
+        print(f"jet-jax distill: error: {e}", file=sys.stderr)
         return 2
     if args.print_config:
         print(json.dumps(to_dict(cfg), indent=2, default=str))
         return 0
-    from train.distill import run_distill
     summary = run_distill(cfg)
     keep = {k: summary.get(k) for k in ("start_step", "end_step", "init_eval", "final_eval",
                                          "tokens_per_s", "train_wall_s", "interrupted")}

@@ -54,7 +54,7 @@ class Row:
 
 
 def _model_configs(student: str | None, teacher: str | None, on_gpu: bool):
-    from configs.presets import get_preset
+    from jet_jax.presets import get_preset
     if student is None and teacher is None:
         if on_gpu:
             return get_preset("jet-nemotron-2b"), get_preset("qwen2.5-1.5b")

@@ -9,35 +9,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-
-class ByteTokenizer:
-    """ids 0..255 = UTF-8 bytes; larger ids (specials) decode to nothing."""
-
-    def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
-
-    def decode(self, ids) -> str:
-        return bytes(i for i in ids if 0 <= i < 256).decode("utf-8", errors="replace")
-
-
-class HFTokenizer:
-    def __init__(self, path):
-        from tokenizers import Tokenizer
-        self.tok = Tokenizer.from_file(str(path))
-
-    def encode(self, text: str) -> list[int]:
-        return self.tok.encode(text, add_special_tokens=False).ids
-
-    def decode(self, ids) -> str:
-        return self.tok.decode(list(ids), skip_special_tokens=True)
-
-
-def load_tokenizer(model_dir: str | None):
-    if model_dir is not None and (Path(model_dir) / "tokenizer.json").is_file():
-        return HFTokenizer(Path(model_dir) / "tokenizer.json")
-    return ByteTokenizer()
+from jet_jax.tokenizer import ByteTokenizer, tokenizer_for_model
 
 
 class StreamDecoder:
@@ -65,7 +38,7 @@ class StreamDecoder:
 def register(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="HF model directory or jet-jax Orbax checkpoint")
-    src.add_argument("--preset", help="random-weight model from configs.presets (e.g. tiny-jet)")
+    src.add_argument("--preset", help="random-weight model from jet_jax.presets (e.g. tiny-jet)")
     parser.add_argument("--prompt", action="append", required=True,
                         help="prompt text; repeat for a batch (printed when all are done)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
@@ -85,7 +58,7 @@ def _load(args):
     from flax import nnx
 
     if args.preset:
-        from configs.presets import get_preset
+        from jet_jax.presets import get_preset
         from jet_jax.model import JetNemotronForCausalLM
         dt = jnp.float32 if args.dtype == "auto" else jnp.dtype(args.dtype)
         return JetNemotronForCausalLM(get_preset(args.preset), rngs=nnx.Rngs(args.seed), dtype=dt,
@@ -104,8 +77,8 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, KeyError, ValueError) as e:
         print(f"jet-jax generate: error: {e}", file=sys.stderr)
         return 1
-    tokenizer = load_tokenizer(args.model)
     cfg = model.config
+    tokenizer = tokenizer_for_model(args.model, cfg.vocab_size)
     if cfg.vocab_size < 256 and isinstance(tokenizer, ByteTokenizer):
         print(f"jet-jax generate: error: byte-level tokenizer needs vocab_size >= 256, model has "
               f"{cfg.vocab_size}", file=sys.stderr)

@@ -1,6 +1,6 @@
 """JetBlock: gated-delta-rule linear attention with a dynamic causal convolution on V.
 
-Follows section 2 of shared/reference/jet_nemotron.md; submodule names mirror the official
+Follows section 2 of the Jet-Nemotron paper; submodule names mirror the official
 checkpoint keys (`dynamic_conv1d.kernel_generator.w1`, `o_norm`, ...).
 """
 

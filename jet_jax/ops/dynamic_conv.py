@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from jet_jax.ops.backend import select_pallas
+from jet_jax.ops.segments import document_index
 
 __all__ = ["dynamic_causal_conv", "dynamic_causal_conv_step"]
 
@@ -69,8 +70,7 @@ def _reference(x, kernels, segment_ids, conv_state, output_final_state, activati
         hist = jnp.swapaxes(conv_state.astype(jnp.float32), 1, 2)  # [B, W, C], row W-1 newest
     xh = jnp.concatenate([hist, xf], axis=1)  # [B, W + T, C]; token t sits at row W + t
     if segment_ids is not None:
-        change = (segment_ids[:, 1:] != segment_ids[:, :-1]).astype(jnp.int32)
-        doc = jnp.concatenate([jnp.zeros((B, 1), jnp.int32), jnp.cumsum(change, axis=1)], axis=1)
+        doc = document_index(segment_ids)
         # history belongs to document 0, i.e. only to the first document of the row
         doch = jnp.concatenate([jnp.zeros((B, W), jnp.int32), doc], axis=1)
     y = jnp.zeros((B, T, C), jnp.float32)

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from jet_jax.ops.backend import select_pallas
+from jet_jax.ops.segments import document_index as _doc_index
 
 __all__ = ["gated_delta_rule", "gated_delta_rule_step", "CHUNK_SIZE"]
 
@@ -46,16 +47,6 @@ def _prep_qk(q, k, scale, use_qk_l2norm):
     if use_qk_l2norm:
         q, k = l2norm(q), l2norm(k)
     return q * scale, k
-
-
-def _doc_index(segment_ids):
-    """segment_ids: [B, T] int -> doc: [B, T] int32, 0-based running document number.
-
-    A new document starts wherever the id changes, so ids may repeat non-adjacently.
-    """
-    change = (segment_ids[:, 1:] != segment_ids[:, :-1]).astype(jnp.int32)
-    first = jnp.zeros((segment_ids.shape[0], 1), jnp.int32)  # also right for T == 1
-    return jnp.concatenate([first, jnp.cumsum(change, axis=1)], axis=1)
 
 
 def _is_float(x):

@@ -9,7 +9,7 @@ from train.data.pipeline import (DataConfig, TrainIterator, make_eval_batches,
                                  make_train_iterator)
 from train.data.sources import (JsonlSource, ParquetSource, SourceConfig, TextFileSource,
                                 open_document_source)
-from train.data.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer, load_tokenizer
+from jet_jax.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer, load_tokenizer
 
 __all__ = [
     "ByteTokenizer", "CopyConfig", "CopySource", "DataConfig", "HFTokenizer", "JsonlSource", "MQARConfig", "MQARSource",

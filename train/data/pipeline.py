@@ -42,7 +42,7 @@ from train.data import packing
 from train.data.copy_task import CopyConfig, CopySource
 from train.data.mqar import MQARConfig, MQARSource
 from train.data.sources import SourceConfig, open_document_source
-from train.data.tokenizer import load_tokenizer
+from jet_jax.tokenizer import load_tokenizer
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""PostNAS (shared/reference/jet_nemotron.md, section 3) on the jet-jax training stack.
+"""PostNAS (Jet-Nemotron paper, section 3; docs/postnas.md) on the jet-jax training stack.
 
 Modules (one concept each):
   supernet          SuperNetwork: teacher attention + linear path per layer, choice vector [L]

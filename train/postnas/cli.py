@@ -1,4 +1,6 @@
-"""`jet-jax postnas {supernet,search,blocks,hardware,pipeline}`.
+"""`jet-jax postnas`: PostNAS search of where to keep attention and which linear block to use.
+
+    jet-jax postnas {supernet,search,blocks,hardware,pipeline} [--config FILE] [--set KEY=VALUE]
 
 Every stage reads the same settings (`--config FILE` defining `CONFIG = PostNASConfig(...)`,
 then `--set key=value` overrides) and works in `output_dir`:
@@ -20,12 +22,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from train.postnas.config import PostNASConfig, apply_overrides, load_config
+from train.config import ConfigError, apply_overrides
+from train.postnas.config import PostNASConfig, load_config
 
 STAGES = ("supernet", "search", "blocks", "hardware", "pipeline")
 
@@ -52,10 +56,29 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def _config(args) -> PostNASConfig:
+    """The settings of this run: config file, then --set, then --output-dir (ConfigError if any
+    is invalid; nothing has been written yet)."""
     cfg = apply_overrides(load_config(args.config), args.set)
     if args.output_dir:
         cfg = cfg.replace(output_dir=args.output_dir)
     return cfg
+
+
+def preflight(cfg: PostNASConfig, stage: str) -> str | None:
+    """What would make `stage` fail on these settings before it trains anything (a missing
+    teacher, an unknown preset, a missing earlier stage), or None. Checked before the output
+    directory is created."""
+    from jet_jax.presets import PRESETS
+    if cfg.teacher and not cfg.teacher.startswith("preset:") and not Path(cfg.teacher).is_dir():
+        return f"teacher {cfg.teacher!r} is neither 'preset:<name>' nor a directory"
+    preset = cfg.teacher.split(":", 1)[1] if cfg.teacher and cfg.teacher.startswith("preset:") \
+        else None if cfg.teacher else cfg.teacher_preset
+    if preset is not None and preset not in PRESETS:
+        return f"unknown preset {preset!r}; available: {sorted(PRESETS)}"
+    out = Path(cfg.output_dir)
+    if stage == "search" and not (out / "supernet" / "supernet.json").exists():
+        return f"no super-network in {out / 'supernet'}; run `jet-jax postnas supernet` first"
+    return None
 
 
 def _log(msg: str) -> None:
@@ -64,14 +87,11 @@ def _log(msg: str) -> None:
 
 # ----------------------------------------------------------------------------- building blocks
 def data_config(cfg: PostNASConfig, seed_offset: int = 0):
-    from train.data import CopyConfig, DataConfig, MQARConfig, SourceConfig
-    mqar = MQARConfig(num_pairs=cfg.mqar_pairs, num_queries=cfg.mqar_queries,
-                      token_range=tuple(cfg.mqar_token_range))
-    copy = ((SourceConfig(kind="copy", weight=cfg.copy_weight, copy=CopyConfig(
-        span=cfg.copy_span, token_range=tuple(cfg.copy_token_range))),) if cfg.copy_span else ())
+    from train.data import DataConfig, SourceConfig
+    copy = ((SourceConfig(kind="copy", weight=cfg.copy_weight, copy=cfg.copy),) if cfg.copy else ())
     return DataConfig(
         sources=(SourceConfig(kind="shakespeare", weight=cfg.shakespeare_weight),
-                 SourceConfig(kind="mqar", mqar=mqar, weight=cfg.mqar_weight), *copy),
+                 SourceConfig(kind="mqar", mqar=cfg.mqar, weight=cfg.mqar_weight), *copy),
         seq_len=cfg.seq_len, batch_size=cfg.batch_size, seed=cfg.seed + seed_offset)
 
 
@@ -128,21 +148,16 @@ def get_teacher(cfg: PostNASConfig, out: Path):
 
 
 def save_supernet(sup, path: Path) -> None:
-    import orbax.checkpoint as ocp
-    from flax import nnx
-    path = path.absolute()
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "supernet.json").write_text(json.dumps({
+    """supernet.json (block, shapes) + params/, staged and atomic (`checkpoint_io.save_params`)."""
+    from jet_jax.checkpoint_io import save_params
+    save_params(sup, path, overwrite=True, files={"supernet.json": json.dumps({
         "block": sup.block, "enable_swa": sup.enable_swa,
         "jet": dataclasses.asdict(sup.config.jet), "window_size": sup.config.window_size,
-        "zoo": {k: dict(v) for k, v in sup.config.zoo}}, indent=2))
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(path / "params", nnx.to_pure_dict(nnx.state(sup, nnx.Param)), force=True)
+        "zoo": {k: dict(v) for k, v in sup.config.zoo}}, indent=2)})
 
 
 def load_supernet(path: Path, teacher):
-    import orbax.checkpoint as ocp
-    from flax import nnx
+    from jet_jax.checkpoint_io import load_params
     from jet_jax.config import JetBlockConfig
     from train.postnas.supernet import SuperNetwork
     path = path.absolute()
@@ -152,12 +167,7 @@ def load_supernet(path: Path, teacher):
     sup = SuperNetwork.from_teacher(teacher, meta["block"], enable_swa=meta["enable_swa"],
                                     jet=JetBlockConfig(**meta["jet"]), zoo=meta["zoo"] or None,
                                     window_size=meta["window_size"])
-    state = nnx.state(sup, nnx.Param)
-    target = nnx.to_pure_dict(state)
-    with ocp.StandardCheckpointer() as ckptr:
-        restored = ckptr.restore(path / "params", target)
-    nnx.replace_by_pure_dict(state, restored)
-    nnx.update(sup, state)
+    load_params(sup, path)
     return sup
 
 
@@ -459,7 +469,15 @@ def _device() -> str:
 
 
 def run(args) -> int:
-    cfg = _config(args)
+    try:
+        cfg = _config(args)
+    except ConfigError as e:
+        print(f"jet-jax postnas: error: {e}", file=sys.stderr)
+        return 2
+    problem = preflight(cfg, args.stage)
+    if problem:
+        print(f"jet-jax postnas: error: {problem}", file=sys.stderr)
+        return 2
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if args.stage == "pipeline":

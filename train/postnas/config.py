@@ -1,18 +1,35 @@
-"""PostNAS pipeline settings: one flat frozen dataclass, loaded from a Python config file
-(`CONFIG = PostNASConfig(...)`, e.g. configs/postnas_tiny.py) and overridden with
-`--set key=value` (value parsed as a Python literal, else kept as a string)."""
+"""PostNAS pipeline settings, on the one config engine (`train.config`).
+
+A config file defines `CONFIG = PostNASConfig(...)` (e.g. configs/postnas_tiny.py);
+`--set key=value` overrides a setting and `--set mqar.num_pairs=4` one field of a section.
+The task sections are the data layer's own dataclasses (`MQARConfig`, `CopyConfig`), not
+copies of their fields. Types are checked by the engine and ranges by `__post_init__`, so
+`--set budget=abc` or `--set bugdet=2` is refused with one line before anything runs.
+"""
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import os
-import runpy
-from collections.abc import Sequence
+from typing import ClassVar
+
+from train.config import ConfigError, load_config_file
+from train.data.copy_task import CopyConfig
+from train.data.mqar import MQARConfig
+from train.postnas.sampling import RULES
+
+
+_COUNTS = ("teacher_steps", "supernet_steps", "block_steps", "hardware_steps", "final_steps",
+           "budget", "swa_budget", "eval_lm_batches", "eval_mqar_batches", "eval_copy_batches",
+           "decode_steps")
+_SIZES = ("jet_heads", "jet_head_dim", "window_size", "seq_len", "batch_size", "beam_width",
+          "hardware_max_candidates", "decode_batch", "decode_context")
 
 
 @dataclasses.dataclass(frozen=True)
 class PostNASConfig:
+    setting_label: ClassVar[str] = "PostNAS setting"  # how the engine names an unknown key
+
     output_dir: str = "runs/postnas"
     seed: int = 0
     # teacher: "preset:<name>" / HF directory, or None = pre-train `teacher_preset` from scratch
@@ -31,13 +48,10 @@ class PostNASConfig:
     # data (Shakespeare + MQAR (+ copy) mixture, byte tokenizer)
     seq_len: int = 128
     batch_size: int = 8
-    mqar_pairs: int = 8
-    mqar_queries: int = 8
+    mqar: MQARConfig = MQARConfig(num_pairs=8, num_queries=8)  # keys: lower half of token_range
     mqar_weight: float = 1.0
-    mqar_token_range: tuple[int, int] = (0, 256)   # keys: lower half, values: upper half
     shakespeare_weight: float = 1.0
-    copy_span: int = 0                # > 0: add the copy task (span tokens) to training + eval
-    copy_token_range: tuple[int, int] = (0, 64)
+    copy: CopyConfig | None = None     # adds the copy task to training + eval, e.g. {'span': 24}
     copy_weight: float = 1.0
     # super-network training
     supernet_steps: int = 200
@@ -70,40 +84,25 @@ class PostNASConfig:
     decode_context: int = 256
     decode_steps: int = 32
 
+    def __post_init__(self):
+        from jet_jax.layers.zoo import MIXERS
+        bad = [b for b in (self.block, *self.blocks) if b not in ("jet", *MIXERS)]
+        if bad:
+            raise ConfigError(f"unknown linear block {bad[0]!r}; known: {['jet', *MIXERS]}")
+        if self.sampling_rule not in RULES:
+            raise ConfigError(f"sampling_rule must be one of {RULES}, got {self.sampling_rule!r}")
+        for lowest, names in ((0, _COUNTS), (1, _SIZES)):
+            for k in names:  # (a wrong type is reported by the engine, naming the key)
+                if isinstance(getattr(self, k), (int, float)) and getattr(self, k) < lowest:
+                    raise ConfigError(f"{k} must be >= {lowest}, got {getattr(self, k)}")
+        for k in ("teacher_lr", "supernet_lr", "final_lr"):
+            if isinstance(getattr(self, k), (int, float)) and not getattr(self, k) > 0:
+                raise ConfigError(f"{k} must be positive, got {getattr(self, k)}")
+
     def replace(self, **kw) -> "PostNASConfig":
         return dataclasses.replace(self, **kw)
 
 
 def load_config(path: str | os.PathLike | None) -> PostNASConfig:
-    if path is None:
-        return PostNASConfig()
-    ns = runpy.run_path(os.fspath(path))
-    cfg = ns.get("CONFIG")
-    if not isinstance(cfg, PostNASConfig):
-        raise ValueError(f"{path} must define CONFIG = PostNASConfig(...)")
-    return cfg
-
-
-def apply_overrides(cfg: PostNASConfig, overrides: Sequence[str]) -> PostNASConfig:
-    fields = {f.name: f for f in dataclasses.fields(cfg)}
-    changes = {}
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep:
-            raise ValueError(f"--set expects key=value, got {item!r}")
-        if key not in fields:
-            raise ValueError(f"unknown PostNAS setting {key!r}; valid: {sorted(fields)}")
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            value = text
-        if isinstance(value, list):
-            value = tuple(value)
-        current = getattr(cfg, key)
-        if isinstance(current, bool) and not isinstance(value, bool):
-            raise ValueError(f"{key} must be True or False, got {text!r}")
-        if isinstance(current, float) and isinstance(value, int):
-            value = float(value)
-        changes[key] = value
-    return dataclasses.replace(cfg, **changes)
+    """The settings of config file `path` (None: the defaults), type-checked."""
+    return PostNASConfig() if path is None else load_config_file(path, PostNASConfig)

@@ -1,4 +1,4 @@
-"""The PostNAS once-for-all super-network (shared/reference/jet_nemotron.md, section 3.1).
+"""The PostNAS once-for-all super-network (Jet-Nemotron paper, section 3.1; docs/postnas.md).
 
 Every layer holds the teacher's full-attention path (copied; trainable or frozen) *and* a
 linear-attention path (JetBlock by default, or any zoo block by name); embeddings, norms and
@@ -18,7 +18,6 @@ choice vector (tested at float32 atol 1e-5).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 import jax
@@ -35,17 +34,12 @@ from jet_jax.model import (JetNemotronForCausalLM, default_positions, make_lm_he
                            make_token_embedding, output_logits)
 
 LINEAR, ATTN, SWA = 0, 1, 2
-CHOICE_NAMES = ("linear", "attn", "swa")
 
 
 def zoo_registry() -> dict[str, type]:
-    """name -> class of the zoo blocks (accepts either registry name the zoo package exports)."""
-    try:
-        import jet_jax.layers.zoo as zoo
-    except ImportError:
-        return {}
-    reg = getattr(zoo, "ZOO_BLOCKS", None) or getattr(zoo, "MIXERS", None) or {}
-    return dict(reg)
+    """name -> class of the zoo blocks (`jet_jax.layers.zoo.MIXERS`)."""
+    from jet_jax.layers.zoo import MIXERS
+    return dict(MIXERS)
 
 
 def linear_block_names() -> tuple[str, ...]:
@@ -283,14 +277,6 @@ def extract_subnet(supernet: SuperNetwork, layer_types: Sequence[str], *,
     return model
 
 
-def trainable_filter(train_attention: bool = False):
-    """nnx filter of the trainable parameters: the linear paths (+ attention paths)."""
-    paths = [nnx.PathContains("linear")]
-    if train_attention:
-        paths.append(nnx.PathContains("attn"))
-    return nnx.All(nnx.Param, nnx.Any(*paths))
-
-
 def frozen_patterns(base: Sequence[str], train_attention: bool = False) -> tuple[str, ...]:
     """train.optimizer freezing regexes for a super-network: `base` (embeddings, MLPs, norms by
     default) plus the attention paths unless `train_attention`."""
@@ -299,14 +285,3 @@ def frozen_patterns(base: Sequence[str], train_attention: bool = False) -> tuple
 
 def count_params(module: nnx.Module, filt=nnx.Param) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nnx.state(module, filt))))
-
-
-@dataclasses.dataclass(frozen=True)
-class SupernetSpec:
-    """What is needed to rebuild a super-network skeleton (saved next to its weights)."""
-
-    block: str = "jet"
-    enable_swa: bool = False
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)

@@ -1,7 +1,7 @@
 """The pipeline's teacher: load one (`preset:<name>` or an HF directory, via
-`train.distill.load_teacher`), or pre-train a tiny full-attention model from scratch with the
-demo's recipe (`train.demo.train_teacher`: cross-entropy on the same Shakespeare + MQAR
-mixture, saved as an HF directory) and load it back with `from_hf`."""
+`train.distill.load_teacher`), or pre-train a tiny full-attention model from scratch
+(`train.pretrain.train_teacher`: cross-entropy on the same Shakespeare + MQAR mixture, saved
+as an HF directory) and load it back with `from_hf`."""
 
 from __future__ import annotations
 
@@ -16,12 +16,13 @@ def load_teacher(spec: str, *, seed: int = 0) -> JetNemotronForCausalLM:
 
 
 def pretrain_teacher(config, data_config, *, steps: int, lr: float, out_dir: str | os.PathLike,
-                     seed: int = 0, warmup_steps: int = 20, log=print) -> JetNemotronForCausalLM:
+                     seed: int = 0, warmup_steps: int = 20, log=print,
+                     progress: str = "tqdm") -> JetNemotronForCausalLM:
     """Train `config` (all attention) from scratch, save it to `out_dir` (HF), return it."""
     from jet_jax.convert.hf import from_hf
-    from train.demo import train_teacher
+    from train.pretrain import train_teacher
     if not all(t == "attn" for t in config.layer_types):
         raise ValueError(f"a teacher must be all full attention, got {config.layer_types}")
     train_teacher(config, data_config, steps=steps, lr=lr, warmup_steps=warmup_steps, seed=seed,
-                  out_dir=os.fspath(out_dir), progress="none", print_fn=log)
+                  out_dir=os.fspath(out_dir), progress=progress, print_fn=log)
     return from_hf(out_dir)

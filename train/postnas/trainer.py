@@ -5,7 +5,7 @@ regexes, `train.losses.distill_loss`, train-state pytree) whose student forward 
 replicated `choice` [L] int32 from the batch: the sampled sub-network of that step, a traced
 array, so every sub-network shares one compiled step.
 
-`train_supernet` is the loop: per step draw `choice = sampler(step)` (deterministic in seed and
+`train_supernet` configures the training loop (`train.loop.TrainLoop`): per step draw `choice = sampler(step)` (deterministic in seed and
 step), take a batch from the grain iterator and update; optionally checkpoint
 (`train.checkpointing.TrainCheckpointer`, train state + data-iterator state) and resume.
 With a "fixed" sampler the same loop is plain distillation of one architecture (used by block
@@ -15,7 +15,6 @@ selection and hardware search so every candidate gets the identical recipe).
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Callable, Iterator, Mapping
 
 import jax
@@ -25,6 +24,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jet_jax.sharding import make_mesh
 from train.config import LossSection, OptimizerSection
 from train.flat_model import FlatModel
+from train.loop import TrainLoop
 from train.postnas.sampling import ChoiceSampler
 from train.postnas.supernet import SuperNetwork, frozen_patterns
 from train.train_step import BATCH_AXES, DistillStep, shard_batch
@@ -97,7 +97,8 @@ def frozen_attention_patterns(layer_types) -> tuple[str, ...]:
 
 def train_supernet(supernet, teacher, data: Iterator[Mapping[str, np.ndarray]],
                    sampler: ChoiceSampler | None, cfg: SupernetTrainConfig, *, mesh=None,
-                   on_log: Callable[[dict], None] | None = None):
+                   on_log: Callable[[dict], None] | None = None, stage: str | None = None,
+                   progress: str = "tqdm"):
     """Distil `supernet` from `teacher` for `cfg.steps` steps, sampling a sub-network per step.
 
     `supernet` may also be a plain `JetNemotronForCausalLM` student (sampler None): the same
@@ -106,6 +107,7 @@ def train_supernet(supernet, teacher, data: Iterator[Mapping[str, np.ndarray]],
 
     data: iterator of batches (dicts of [B, T] numpy arrays, train.data row format); a grain
       DatasetIterator is checkpointed with the train state when `checkpoint_dir` is set.
+    Runs on `train.loop.TrainLoop` (progress bar labelled `stage`).
     Returns (the trained super-network, history: [{"step", "loss", "kl", "ce", "choice",
     "tokens_per_s"}]). Training throughput excludes the first (compiling) step.
     """
@@ -145,38 +147,43 @@ def train_supernet(supernet, teacher, data: Iterator[Mapping[str, np.ndarray]],
                 data.set_state(data_state)
             start = int(ckpt.latest_step())
     history: list[dict] = []
-    t_first = None
-    tokens = 0
-    for step in range(start, cfg.steps):
-        batch = next(data)
+
+    def next_input(step):
+        return next(data), (sampler(step) if is_super else None)
+
+    def step_fn(state, inputs):
+        batch, choice = inputs
         if is_super:
-            choice = sampler(step)
-            state, metrics = step_obj.step(state, teacher_params, batch, choice)
-        else:
-            choice = np.zeros(0, np.int32)
-            state, metrics = step_obj.step(state, teacher_params, batch)
-        if step == start:
-            jax.block_until_ready(state["step"])
-            t_first = time.perf_counter()
-        else:
-            tokens += int(np.asarray(batch["input_ids"]).size)
-        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            elapsed = time.perf_counter() - t_first
-            rec = {"step": step + 1, **m, **({"choice": choice.tolist()} if is_super else {}),
-                   "tokens_per_s": tokens / elapsed if elapsed > 0 and tokens else float("nan")}
-            history.append(rec)
-            if on_log is not None:
-                on_log(rec)
-        if ckpt is not None:
-            ckpt.maybe_save(step + 1, state,
-                            data_state=data.get_state() if hasattr(data, "get_state") else {})
-    if ckpt is not None and start < cfg.steps and cfg.steps % cfg.save_interval_steps:
-        ckpt.maybe_save(cfg.steps, state,
-                        data_state=data.get_state() if hasattr(data, "get_state") else {},
-                        force=True)
+            return step_obj.step(state, teacher_params, batch, choice)
+        return step_obj.step(state, teacher_params, batch)
+
+    def record(info):
+        m = {k: float(v) for k, v in jax.device_get(info.metrics).items()}
+        rec = {"step": info.step, **m, "tokens_per_s": info.tokens_per_s}
+        if is_super:
+            rec["choice"] = sampler(info.step - 1).tolist()
+        history.append(rec)
+        info.loop.postfix(f"kl {m['kl']:.4f}")
+        if on_log is not None:
+            on_log(rec)
+
+    def data_state():
+        return data.get_state() if hasattr(data, "get_state") else {}
+
+    stage = stage or ("super-network" if is_super else "distill")
+    loop = TrainLoop(step_fn, stage=stage, total_steps=cfg.steps, progress=progress,
+                     tokens=lambda inputs: int(np.asarray(inputs[0]["input_ids"]).size))
+    loop.every(cfg.log_every, record)
     if ckpt is not None:
-        ckpt.close()
+        loop.every(1, lambda info: ckpt.maybe_save(info.step, info.state, data_state=data_state()))
+        if start < cfg.steps and cfg.steps % cfg.save_interval_steps:
+            loop.at_end(lambda info: ckpt.maybe_save(info.step, info.state,
+                                                     data_state=data_state(), force=True))
+    try:
+        state, _ = loop.run(state, next_input, start=start)
+    finally:
+        if ckpt is not None:
+            ckpt.close()
     jax.block_until_ready(state["params"])
     trained = student_flat.merge(jax.device_get(state["params"]))
     return trained, history

@@ -3,8 +3,9 @@
 Every block in this package is a `LinearMixer`: `y, new_cache = mixer(x, segment_ids=, cache=)`
 with x: [B, T, D]. Shared here:
 
-* `doc_index` turns packed `segment_ids` [B, T] into a monotone document counter, so a state
-  reset is "doc[t] != doc[t-1]" and "same document" is plain equality even if ids repeat.
+* `doc_index` turns packed `segment_ids` [B, T] (or None) into a monotone document counter
+  (`jet_jax.ops.segments.document_index`), so a state reset is "doc[t] != doc[t-1]" and "same
+  document" is plain equality even if ids repeat.
 * `ShortConv`: causal depthwise convolution (kernel W) + silu with a decode state of the last
   W-1 inputs [B, W-1, C]; taps never reach into an earlier document.
 * `decay_attention_recurrent` / `decay_attention_chunked`: the linear recurrence
@@ -26,23 +27,31 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jet_jax.layers.norms import GatedRMSNorm
+from jet_jax.ops.segments import document_index
 from jet_jax.sharding import logical_param, partitioned
 
-IMPLEMENTATIONS = ("recurrent", "chunked")
+# "auto" is the fastest verified form: for the decay-attention mixers that is `chunked` (they
+# have no kernel); the delta-rule mixers hand it to `jet_jax.ops.gated_delta_rule`, as the
+# JetBlock does, so every block in a comparison runs its best implementation.
+IMPLEMENTATIONS = ("auto", "recurrent", "chunked")
 
 
 class LinearMixer(nnx.Module):
     """Abstract base: a causal token mixer with an O(1)-in-T recurrent decode state.
 
     H = num_heads, dk = head_dim, dv = round(head_dim * expand_v), K = H*dk, V = H*dv.
+    `implementation`: one of the class's IMPLEMENTATIONS ("recurrent" is the reference).
     """
+
+    IMPLEMENTATIONS = IMPLEMENTATIONS
 
     def __init__(self, hidden_size: int, *, num_heads: int, head_dim: int,
                  expand_v: float = 1.0, rngs: nnx.Rngs, dtype=jnp.float32,
-                 param_dtype=jnp.float32, implementation: str = "chunked"):
+                 param_dtype=jnp.float32, implementation: str = "auto"):
         del rngs
-        if implementation not in IMPLEMENTATIONS:
-            raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+        if implementation not in self.IMPLEMENTATIONS:
+            raise ValueError(f"implementation must be one of {self.IMPLEMENTATIONS}, got "
+                             f"{implementation!r}")
         head_v_dim = head_dim * expand_v
         if not math.isclose(head_v_dim, round(head_v_dim)):
             raise ValueError(f"head_dim * expand_v must be an integer, got {head_v_dim}")
@@ -92,7 +101,7 @@ class DecayAttentionMixer(LinearMixer):
 
     def __init__(self, hidden_size: int, *, num_heads: int, head_dim: int,
                  expand_v: float = 1.0, rngs: nnx.Rngs, dtype=jnp.float32,
-                 param_dtype=jnp.float32, implementation: str = "chunked",
+                 param_dtype=jnp.float32, implementation: str = "auto",
                  norm_eps: float = 1e-5, chunk_size: int = 64):
         super().__init__(hidden_size, num_heads=num_heads, head_dim=head_dim, expand_v=expand_v,
                          rngs=rngs, dtype=dtype, param_dtype=param_dtype,
@@ -139,8 +148,7 @@ def doc_index(segment_ids: jax.Array | None, batch: int, length: int) -> jax.Arr
     """[B, T] int32 document counter: 0 for the first token's document, +1 at every id change."""
     if segment_ids is None:
         return jnp.zeros((batch, length), jnp.int32)
-    change = (segment_ids[:, 1:] != segment_ids[:, :-1]).astype(jnp.int32)
-    return jnp.concatenate([jnp.zeros((batch, 1), jnp.int32), jnp.cumsum(change, axis=1)], axis=1)
+    return document_index(segment_ids)
 
 
 def resets(doc: jax.Array) -> jax.Array:

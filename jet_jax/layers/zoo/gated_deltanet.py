@@ -48,11 +48,13 @@ class GatedDeltaNet(LinearMixer):
     """x: [B, T, D] -> [B, T, D]. Cache: conv_q/conv_k [B, W-1, K], conv_v [B, W-1, V],
     state [B, H, dk, dv] f32."""
 
+    IMPLEMENTATIONS = ("auto", "recurrent", "chunked", "pallas")  # those of gated_delta_rule
+
     gated = True   # DeltaNet subclasses with gated = False (no decay, no a_proj/A_log/dt_bias)
 
     def __init__(self, hidden_size: int, *, num_heads: int, head_dim: int,
                  expand_v: float = 1.0, rngs: nnx.Rngs, dtype=jnp.float32,
-                 param_dtype=jnp.float32, implementation: str = "chunked",
+                 param_dtype=jnp.float32, implementation: str = "auto",
                  conv_size: int = 4, norm_eps: float = 1e-5, chunk_size: int = 64):
         super().__init__(hidden_size, num_heads=num_heads, head_dim=head_dim, expand_v=expand_v,
                          rngs=rngs, dtype=dtype, param_dtype=param_dtype,
@@ -100,10 +102,7 @@ class GatedDeltaNet(LinearMixer):
             g = -jnp.exp(self.A_log[...].astype(jnp.float32)) * jax.nn.softplus(
                 self.a_proj(x).astype(jnp.float32) + self.dt_bias[...].astype(jnp.float32))
         kw = dict(scale=dk ** -0.5, doc=doc, initial_state=c.get("state"))
-        if self.implementation == "recurrent":
-            o, S = delta_rule_recurrent(q, k, v, g, beta, **kw)
-        else:
-            o, S = delta_rule_chunked(q, k, v, g, beta, **kw)
+        o, S = _delta_rule(q, k, v, g, beta, implementation=self.implementation, **kw)
         gate = self.g_proj(x).reshape(B, T, H, dv)
         y = self.o_proj(self.o_norm(o, gate).reshape(B, T, H * dv).astype(self.dtype))
         new_cache = None if cache is None else {"conv_q": cq, "conv_k": ck, "conv_v": cv, "state": S}

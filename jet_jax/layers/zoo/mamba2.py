@@ -29,7 +29,7 @@ class Mamba2(LinearMixer):
 
     def __init__(self, hidden_size: int, *, num_heads: int, head_dim: int,
                  expand_v: float = 1.0, rngs: nnx.Rngs, dtype=jnp.float32,
-                 param_dtype=jnp.float32, implementation: str = "chunked",
+                 param_dtype=jnp.float32, implementation: str = "auto",
                  state_size: int | None = None, conv_size: int = 4, norm_eps: float = 1e-5,
                  chunk_size: int = 64):
         super().__init__(hidden_size, num_heads=num_heads, head_dim=head_dim, expand_v=expand_v,

@@ -1,8 +1,8 @@
-"""Tokenizers for the data pipeline: a byte-level default and a wrapper around a
-local HuggingFace ``tokenizer.json``.
+"""Tokenizers: a byte-level default and a wrapper around a local HuggingFace
+``tokenizer.json``; used by the data pipeline and by `jet-jax generate`.
 
-Both expose the same small interface (the ``Tokenizer`` protocol) so the rest of
-the data layer never needs to know which one it has:
+Both expose the same small interface (the ``Tokenizer`` protocol) so their users never
+need to know which one they have:
 
         vocab_size: int          # ids are in [0, vocab_size)
         bos_id, eos_id, pad_id: int
@@ -46,28 +46,20 @@ class ByteTokenizer:
     """UTF-8 byte-level tokenizer: ids 0..255 are bytes, then pad, bos, eos.
 
     Needs no files, so the embedded default corpus trains out of the box. Specials
-    sit *after* the bytes so that every byte value round-trips.
+    sit *after* the bytes so that every byte value round-trips. `vocab_size` may be raised
+    to a model's (larger, e.g. 512 for the tiny presets) vocabulary: the ids above eos are
+    unused and decode to nothing.
     """
 
     PAD_ID = 256
     BOS_ID = 257
     EOS_ID = 258
 
-    @property
-    def vocab_size(self) -> int:
-        return 259
-
-    @property
-    def bos_id(self) -> int:
-        return self.BOS_ID
-
-    @property
-    def eos_id(self) -> int:
-        return self.EOS_ID
-
-    @property
-    def pad_id(self) -> int:
-        return self.PAD_ID
+    def __init__(self, vocab_size: int = 259):
+        if vocab_size < 259:
+            raise ValueError(f"ByteTokenizer needs vocab_size >= 259 (bytes + pad/bos/eos), got {vocab_size}")
+        self.vocab_size = vocab_size
+        self.bos_id, self.eos_id, self.pad_id = self.BOS_ID, self.EOS_ID, self.PAD_ID
 
     def encode(self, text: str) -> list[int]:
         """text -> list of byte values (specials are never produced)."""
@@ -110,7 +102,8 @@ class HFTokenizer:
     """
 
     def __init__(self, path: str | os.PathLike, *, bos_token: str | None = None,
-                 eos_token: str | None = None, pad_token: str | None = None):
+                 eos_token: str | None = None, pad_token: str | None = None,
+                 require_eos: bool = True):
         path = os.fspath(path)
         if os.path.isdir(path):
             path = os.path.join(path, "tokenizer.json")
@@ -134,7 +127,7 @@ class HFTokenizer:
             return v.get("content") if isinstance(v, dict) else v
 
         eos = self._resolve("eos", eos_token or from_cfg("eos_token"), _EOS_CANDIDATES)
-        if eos is None:
+        if eos is None and require_eos:
             raise ValueError(
                 f"HFTokenizer: no EOS token found in {path!r}; pass eos_token= explicitly "
                 f"(tried tokenizer_config.json and {list(_EOS_CANDIDATES)})")
@@ -142,7 +135,7 @@ class HFTokenizer:
         pad = self._resolve("pad", pad_token or from_cfg("pad_token"), _PAD_CANDIDATES)
         self._eos = eos
         self._bos = eos if bos is None else bos
-        self._pad = eos if pad is None else pad
+        self._pad = eos if pad is None else pad  # None only without require_eos
 
     def _resolve(self, what: str, name: str | None, candidates: Sequence[str]) -> int | None:
         if name is not None:
@@ -186,6 +179,16 @@ class HFTokenizer:
 
     def __repr__(self) -> str:
         return f"HFTokenizer({self.path!r})"
+
+
+def tokenizer_for_model(model_dir: str | os.PathLike | None,
+                        vocab_size: int = 259) -> ByteTokenizer | HFTokenizer:
+    """The model directory's tokenizer.json if it has one (special tokens optional: generation
+    stops on the model config's eos id), else the byte-level tokenizer over the model's
+    `vocab_size` ids."""
+    if model_dir is not None and os.path.isfile(os.path.join(os.fspath(model_dir), "tokenizer.json")):
+        return HFTokenizer(model_dir, require_eos=False)
+    return ByteTokenizer(max(vocab_size, 259))
 
 
 def load_tokenizer(spec: str | os.PathLike) -> ByteTokenizer | HFTokenizer:
