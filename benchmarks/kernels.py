@@ -156,9 +156,9 @@ def main(argv=None):
 
     on_cpu = jax.default_backend() == "cpu"
     if args.small:
-        # one tiny shape: on this CPU the jet_jax chunked XLA fwd+bwd stalls at Dk >= 64
-        # (seen 2026-11-23 at 1,128,1,96/256 and 2,130,2,64/128), so bigger CPU shapes
-        # need --impls recurrent,pallas
+        # one tiny shape (the Pallas row is interpreted). The chunked XLA fwd+bwd stalled
+        # on this CPU at Dk >= 64 before issue 10 (seen 2026-11-23, 64-step loop inverse);
+        # the block-substitution form ran 1,2048,4,96/256 (benchmarks/gdr_xla_form.py)
         shapes = [(1, 128, 2, 32, 64)]
     else:
         shapes = [(8, 4096, 12, 96, 256), (4, 8192, 16, 128, 256)]

@@ -45,7 +45,8 @@ def gdr_gpu_block_v(kernel: str, dv: int) -> int:
 
 
 def _pow2(n: int) -> int:
-    return 1 << (int(n) - 1).bit_length()
+    """Head-dim padding of the GPU kernels: a power of two, at least 16 (as gdr_gpu._pow2)."""
+    return max(16, 1 << (int(n) - 1).bit_length())
 
 
 def gdr_gpu_smem_bytes(dk: int, dv: int, chunk: int = 64, local_bwd: bool = False) -> dict[str, int]:

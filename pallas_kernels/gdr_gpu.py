@@ -94,7 +94,8 @@ def dot_tn(a, b, prec):
 
 
 def _pow2(n):
-    return 1 << (int(n) - 1).bit_length()
+    """Padded head dim: a power of two (Triton block shapes), at least 16 (tl.dot's minimum)."""
+    return max(16, 1 << (int(n) - 1).bit_length())
 
 
 def _pad_last(x, n):
