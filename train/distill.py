@@ -35,6 +35,7 @@ from train.data.pipeline import make_eval_batches, make_mqar_eval_batches, make_
 from train.distributed import initialize_distributed, mesh_from_config
 from train.flat_model import FlatModel
 from train.metrics import MetricsWriter
+from train.preemption import Preemption
 from train.student import student_from_teacher
 from train.train_step import DistillStep
 
@@ -200,13 +201,13 @@ def run_distill(cfg: TrainConfig, *, teacher_model: JetNemotronForCausalLM | Non
     step = start
     t_start = time.perf_counter()
     t_window, steps_window = t_start, 0
-    stop = _StopFlag()
+    stop = Preemption()
     last_eval = None
     last_saved = start
     try:
         with stop.installed():
             while step < cfg.train.steps:
-                if stop.signum is not None:
+                if stop.should_stop(step):
                     summary["interrupted"] = True
                     print_fn(f"signal {stop.signum}: saving step {step} and stopping")
                     break
