@@ -442,6 +442,20 @@ def render(plan: dict, console=None) -> None:
     if big:
         console.print("not sharded on this mesh (whole on every device): " + "; ".join(
             f"{r['name']} {r['shape']} x{r['count']} = {_gib(r['bytes'])} GiB" for r in big))
+    if "flops" in plan:
+        f = plan["flops"]
+        line = (f"step FLOPs {f['total']:.3e} (student fwd {f['student_fwd']:.2e}, bwd "
+                f"{f['student_bwd']:.2e}, remat {f['remat']:.2e}, teacher fwd "
+                f"{f['teacher_fwd']:.2e}) for {plan['global_batch'] * plan['seq_len']:,} tokens")
+        console.print(line)
+    if "chip" in plan:
+        c = CHIPS[plan["chip"]]
+        t = plan["step_time_s"]
+        console.print(f"{c['name']}: {plan['bytes']['total'] / 1e9:.1f} GB of "
+                      f"{c['hbm_bytes'] / 1e9:.0f} GB HBM per chip ("
+                      f"{'fits' if plan['fits'] else 'DOES NOT FIT'} in {HBM_USABLE:.0%}); step "
+                      f"time {t['at_peak']:.2f} s at peak, "
+                      f"{t[f'at_{ASSUMED_MFU:.0%}_mfu']:.2f} s at {ASSUMED_MFU:.0%} MFU (assumed)")
     console.print(f"(planned from abstract shapes in {plan['seconds']:.1f} s; no weights allocated)")
 
 
@@ -449,7 +463,14 @@ def render(plan: dict, console=None) -> None:
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True,
                         help="preset name (configs/presets.py) or HF config.json path")
-    parser.add_argument("--mesh", required=True, help="data,fsdp,tensor sizes, e.g. 1,256,1")
+    parser.add_argument("--mesh", default=None,
+                        help="data,fsdp,tensor sizes, e.g. 1,256,1 (or --chip + --chips)")
+    parser.add_argument("--chip", default=None, choices=sorted(CHIPS),
+                        help="add the HBM fit and a step-time estimate for this chip")
+    parser.add_argument("--chips", type=int, default=None,
+                        help="with --chip and no --mesh: recommend the mesh for this many chips")
+    parser.add_argument("--supernet", action="store_true",
+                        help="plan the PostNAS super-network of --model's shapes")
     parser.add_argument("--batch-per-device", type=int, default=1)
     parser.add_argument("--seq-len", type=int, default=4096)
     parser.add_argument("--param-dtype", default="f32", choices=sorted(DTYPES))
@@ -468,12 +489,17 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    kw = dict(batch_per_device=args.batch_per_device, seq_len=args.seq_len,
+              param_dtype=args.param_dtype, dtype=args.dtype, opt=args.opt, remat=args.remat,
+              frozen_mlp=args.frozen_mlp, teacher=args.teacher, teacher_dtype=args.teacher_dtype,
+              grad_accum=args.grad_accum, supernet=args.supernet)
     try:
-        plan = plan_memory(args.model, args.mesh, batch_per_device=args.batch_per_device,
-                           seq_len=args.seq_len, param_dtype=args.param_dtype, dtype=args.dtype,
-                           opt=args.opt, remat=args.remat, frozen_mlp=args.frozen_mlp,
-                           teacher=args.teacher, teacher_dtype=args.teacher_dtype,
-                           grad_accum=args.grad_accum)
+        if args.mesh is None:
+            if args.chip is None or args.chips is None:
+                raise ValueError("give --mesh, or --chip and --chips to get a recommended mesh")
+            plan = recommend_mesh(args.model, args.chip, args.chips, **kw)
+        else:
+            plan = plan_memory(args.model, args.mesh, chip=args.chip, **kw)
     except (ValueError, KeyError, FileNotFoundError) as e:
         import sys
         print(f"jet-jax plan: error: {e}", file=sys.stderr)
@@ -483,3 +509,90 @@ def run(args: argparse.Namespace) -> int:
     else:
         render(plan)
     return 0
+
+
+# --------------------------------------------------------------------------- XLA's view
+def xla_step_memory(student: str | ModelConfig, teacher: str | ModelConfig,
+                    mesh_shape: Sequence[int], *, batch_per_device: int, seq_len: int,
+                    dtype: str = "float32", remat: bool = False) -> dict[str, int]:
+    """Compile (never run) the real distillation train step (`train.train_step.DistillStep`,
+    default optimizer: AdamW with the MLP/embeddings/norms frozen) on abstract shapes on the
+    devices present and return XLA's per-device `memory_analysis()`: argument, output, alias
+    and temp bytes, and `peak` = arguments + temp + outputs not aliased to (donated)
+    arguments. Needs prod(mesh_shape) devices (fake CPU devices are fine): nothing is
+    allocated, but the compile of a 7B step takes minutes."""
+    import jax
+
+    from jet_jax.convert.hf import abstract_model
+    from train.config import LossSection, OptimizerSection
+    from train.distributed import mesh_from_config
+    from train.flat_model import FlatModel
+    from train.train_step import BATCH_KEYS, DistillStep, batch_sharding
+    dt = _dtype(dtype)
+    scfg, tcfg = load_config(student), load_config(teacher)
+    mesh = mesh_from_config(tuple(mesh_shape))
+    s_flat = FlatModel(abstract_model(scfg, dtype=dt, remat=remat))
+    t_flat = FlatModel(abstract_model(tcfg, dtype=dt))
+    ds = DistillStep(s_flat, t_flat, OptimizerSection(), LossSection(), mesh, total_steps=1000)
+    teacher_params = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=ds.teacher_shardings[k])
+                      for k, v in t_flat.abstract_params().items()}
+    global_batch = batch_per_device * mesh.shape["data"] * mesh.shape["fsdp"]
+    bs = batch_sharding(mesh)
+    batch = {k: jax.ShapeDtypeStruct((global_batch, seq_len),
+                                     jnp.float32 if k == "loss_mask" else jnp.int32, sharding=bs)
+             for k in BATCH_KEYS}
+    ma = ds._step.lower(ds.abstract_state(), teacher_params, batch).compile().memory_analysis()
+    out = {k: int(getattr(ma, f"{k}_size_in_bytes")) for k in ("argument", "output", "alias",
+                                                               "temp")}
+    out["peak"] = out["argument"] + out["temp"] + out["output"] - out["alias"]
+    return out
+
+
+# --------------------------------------------------------------------------- scaling table
+TARGETS = (("tpu-v5p", 64, "TPU v5p x64 (v5p-128)"), ("tpu-v6e", 64, "TPU v6e x64 (v6e-64)"),
+           ("h100", 8, "8x H100 (one node)"))
+
+
+def scaling_rows(seq_len: int = 4096, batch_per_device: int = 1) -> list[dict]:
+    """Recommended mesh and plan of each big teacher's super-network (PostNAS, JetBlocks train)
+    and final student (all parameters train) on each target; remat on, bf16 compute and
+    teacher, f32 parameters and AdamW moments."""
+    from configs.teachers import STUDENT_OF, TEACHERS
+    rows = []
+    for tname in TEACHERS:
+        for stage, supernet in (("super-network", True), ("student", False)):
+            for chip, n, label in TARGETS:
+                p = recommend_mesh(STUDENT_OF[tname], chip, n, supernet=supernet, remat=True,
+                                   frozen_mlp=supernet, teacher=tname, seq_len=seq_len,
+                                   batch_per_device=batch_per_device)
+                rows.append({"teacher": tname, "stage": stage, "target": label, "plan": p})
+    return rows
+
+
+def scaling_markdown(rows: Sequence[dict]) -> str:
+    gb = lambda b: f"{b / 1e9:.1f}"  # noqa: E731
+    head = ("| teacher | stage | target | mesh d,f,t | params (B) / trainable | params | grads "
+            "| AdamW | teacher | activations | logits + teacher layer | total GB / HBM "
+            "| step s @peak | step s @40% MFU |")
+    lines = [head, "|" + "---|" * 14]
+    for r in rows:
+        p, m = r["plan"], r["plan"]["bytes"]
+        mesh = ",".join(str(v) for v in p["mesh"].values())
+        t = p["step_time_s"]
+        total = f"{gb(m['total'])} / {p['hbm_bytes'] / 1e9:.0f}" + ("" if p["fits"] else " (no fit)")
+        lines.append(
+            f"| {r['teacher']} | {r['stage']} | {r['target']} | {mesh} | "
+            f"{p['params_total'] / 1e9:.1f} / {p['params_trainable'] / 1e9:.1f} | "
+            f"{gb(m['params'])} | {gb(m['grads'])} | {gb(m['optimizer'])} | "
+            f"{gb(m['teacher params'])} | {gb(m['activations'])} | "
+            f"{gb(m['logits'] + m['teacher fwd (transient)'])} | {total} | "
+            f"{t['at_peak']:.2f} | {t[f'at_{ASSUMED_MFU:.0%}_mfu']:.2f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import sys
+    if sys.argv[1:] == ["--scaling-table"]:
+        print(scaling_markdown(scaling_rows()))
+    else:
+        print("usage: python -m train.plan --scaling-table   (or: jet-jax plan --help)")
