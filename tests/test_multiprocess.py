@@ -178,3 +178,29 @@ def test_checkpoints_restore_across_process_counts_and_meshes(tmp_path):
         res = two("restore", tmp_path / "b", shape, 5)
         assert sorted(r["process"] for r in res) == [0, 1]
         assert all(r["data"]["iterator"]["shards"] == {"0": {"position": 5}} for r in res)
+
+
+def test_preemption_flag_in_one_process():
+    from train.preemption import Preemption
+    stop = Preemption()
+    with stop.installed():
+        assert not stop.should_stop(0)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        assert stop.should_stop(1) and stop.signum == signal.SIGTERM and stop.stopped_at == 1
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_launcher_supervision_kills_survivors_after_the_grace_period():
+    from train.launch import supervise
+    fail = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(3)"])
+    hang = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    said = []
+    t0 = time.monotonic()
+    assert supervise([fail, hang], grace_s=1.0, print_fn=said.append) == 3
+    assert time.monotonic() - t0 < 30
+    assert hang.returncode == -signal.SIGKILL
+    assert any("process 0 exited with status 3" in s for s in said)
+    assert any("killing it" in s for s in said)
+    ok = [subprocess.Popen([sys.executable, "-c", "pass"]) for _ in range(2)]
+    assert supervise(ok, grace_s=1.0, print_fn=said.append) == 0
