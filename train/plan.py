@@ -573,8 +573,8 @@ def scaling_markdown(rows: Sequence[dict]) -> str:
     gb = lambda b: f"{b / 1e9:.1f}"  # noqa: E731
     head = ("| teacher | stage | target | mesh d,f,t | params (B) / trainable | params | grads "
             "| AdamW | teacher | activations | logits + teacher layer | total GB / HBM "
-            "| step s @peak | step s @40% MFU |")
-    lines = [head, "|" + "---|" * 14]
+            "| tokens/step | step s @peak | step s @40% MFU |")
+    lines = [head, "|" + "---|" * 15]
     for r in rows:
         p, m = r["plan"], r["plan"]["bytes"]
         mesh = ",".join(str(v) for v in p["mesh"].values())
@@ -586,7 +586,7 @@ def scaling_markdown(rows: Sequence[dict]) -> str:
             f"{gb(m['params'])} | {gb(m['grads'])} | {gb(m['optimizer'])} | "
             f"{gb(m['teacher params'])} | {gb(m['activations'])} | "
             f"{gb(m['logits'] + m['teacher fwd (transient)'])} | {total} | "
-            f"{t['at_peak']:.2f} | {t[f'at_{ASSUMED_MFU:.0%}_mfu']:.2f} |")
+            f"{p['global_batch'] * p['seq_len']:,} | {t['at_peak']:.2f} | {t[f'at_{ASSUMED_MFU:.0%}_mfu']:.2f} |")
     return "\n".join(lines)
 
 
