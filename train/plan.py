@@ -307,7 +307,8 @@ def plan_memory(model: str | ModelConfig, mesh: Sequence[int] | str, *, batch_pe
     else:
         out["replicated_params_bytes"], out["replicated_params"] = 0, []
     out["flops"] = step_flops(cfg, layer_types, rows, trainable_rows, tcfg,
-                              tokens=out["global_batch"] * seq_len, seq_len=seq_len, remat=remat)
+                              tokens=out["global_batch"] * seq_len, seq_len=seq_len, remat=remat,
+                              teacher_rows=trows if tcfg is not None else None)
     if chip is not None:
         c = CHIPS[chip]
         out["chip"] = chip
@@ -332,10 +333,10 @@ ASSUMED_MFU = 0.4  # an assumption for the second step-time column, not a measur
 
 
 def _matmul_elements(rows: Sequence[dict], cfg: ModelConfig) -> int:
-    """Parameters used as matmul weights once per token: every >= 2-D parameter except the
-    embedding table (a gather), plus the table again when the head is tied to it."""
+    """Parameters among `rows` used as matmul weights once per token: every >= 2-D parameter
+    except the embedding table (a gather), plus the table again when the head is tied to it."""
     n = sum(r["elements"] for r in rows if len(r["shape"]) >= 2 and "embed_tokens" not in r["name"])
-    if cfg.tie_word_embeddings:
+    if cfg.tie_word_embeddings and any("embed_tokens" in r["name"] for r in rows):
         n += cfg.vocab_size * cfg.hidden_size
     return n
 
@@ -359,7 +360,8 @@ def mixer_flops_per_token(cfg: ModelConfig, layer_type: str, seq_len: int) -> fl
 
 def step_flops(cfg: ModelConfig, layer_types: Sequence[str], rows: Sequence[dict],
                trainable_rows: Sequence[dict], teacher: ModelConfig | None, *, tokens: int,
-               seq_len: int, remat: bool) -> dict[str, float]:
+               seq_len: int, remat: bool, teacher_rows: Sequence[dict] | None = None
+               ) -> dict[str, float]:
     """FLOPs of one training step over the global batch (`tokens` tokens).
 
     student forward 2 M + X (M matmul weights, X mixer FLOPs); backward: 4 M_trainable (input
@@ -367,14 +369,15 @@ def step_flops(cfg: ModelConfig, layer_types: Sequence[str], rows: Sequence[dict
     forward once more; the teacher runs forward only: 2 M_t + X_t.
     """
     m = _matmul_elements(rows, cfg)
-    m_train = sum(r["elements"] for r in trainable_rows if len(r["shape"]) >= 2)
+    m_train = _matmul_elements(trainable_rows, cfg)
     x = sum(mixer_flops_per_token(cfg, t, seq_len) for t in layer_types)
     fwd = 2.0 * m + x
     bwd = 4.0 * m_train + 2.0 * (m - m_train) + 2.0 * x
     out = {"student_fwd": fwd * tokens, "student_bwd": bwd * tokens,
            "remat": (fwd if remat else 0.0) * tokens, "teacher_fwd": 0.0}
     if teacher is not None:
-        t_rows = param_table(teacher, (1, 1, 1), jnp.float32)
+        t_rows = teacher_rows if teacher_rows is not None else param_table(
+            teacher, (1, 1, 1), jnp.float32)
         xt = sum(mixer_flops_per_token(teacher, t, seq_len) for t in teacher.layer_types)
         out["teacher_fwd"] = (2.0 * _matmul_elements(t_rows, teacher) + xt) * tokens
     out["total"] = sum(out.values())
