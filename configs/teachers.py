@@ -13,8 +13,8 @@ Qwen3 has per-head q/k RMSNorms (2 x 128 weights per layer, 9,216 in all) and no
 
 Students: every layer a JetBlock except a few attention layers, as in Jet-Nemotron (2B:
 2 full + 2 sliding-window attention layers of 28; 4B: 3 + 7 of 36). Which layers stay is
-PostNAS's output; memory and FLOPs depend only on how many, so the counts below are
-placeholders in the published proportions at their published positions' spacing.
+PostNAS's output; memory and FLOPs depend only on how many, so the layers below are
+placeholders in about the published proportions (7B as the 2B, 8B as the 4B).
 JetBlock: one head per query head, head_dim 128 (key dim = the teacher's attention width),
 expand_v 2 (as Jet-Nemotron-4B).
 """
