@@ -24,7 +24,7 @@ def test_hooks_fire_every_n_steps_and_at_the_end():
 
 def test_stop_request_ends_at_a_step_boundary_and_resume_continues():
     steps = []
-    loop = _loop(10, stop_requested=lambda: len(steps) == 4)
+    loop = _loop(10, stop_requested=lambda _step: len(steps) == 4)
     loop.every(1, lambda i: steps.append(i.step))
     ends = []
     loop.at_end(lambda i: ends.append(i.step))

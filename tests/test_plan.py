@@ -189,3 +189,27 @@ def test_two_processes_on_cpu(tmp_path):
         assert i["how"] == "explicit" and i["process_count"] == 2
         assert i["device_count"] == 4 and i["local_device_count"] == 2
         assert i["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
+
+
+def test_supernet_plan_flops_and_chip_time():
+    from train.plan import CHIPS
+    cfg = TINY_JET
+    attn_mixer = 2 * 64 * 64 + 2 * (64 * 32) + 64 + 2 * 32  # q, o, k, v kernels + q/k/v biases
+    all_attn = count_params(cfg.replace(layer_types=("attn",) * 4))
+    all_jet = count_params(cfg.replace(layer_types=("jet",) * 4))
+    sup = plan_memory(cfg, (1, 1, 1), supernet=True, teacher="none", seq_len=16)
+    assert sup["params_total"] == all_jet + 4 * attn_mixer
+    assert sup["params_trainable"] == all_jet - (all_attn - 4 * attn_mixer)  # the JetBlocks
+    assert sup["activations_per_layer"]["super"] == (
+        layer_activation_bytes(cfg, "attn", 1, 16, 2) + layer_activation_bytes(cfg, "jet", 1, 16, 2)
+        - (4 * 64 + 4 * cfg.intermediate_size) * 2 * 16)
+    # everything trainable: backward = 2 x forward; remat adds one forward; teacher forward only
+    full = plan_memory(cfg, (1, 1, 1), teacher="none", seq_len=16, chip="h100")
+    f = full["flops"]
+    assert f["student_bwd"] == 2 * f["student_fwd"] and f["remat"] == 0 == f["teacher_fwd"]
+    rem = plan_memory(cfg, (1, 1, 1), teacher="auto", seq_len=16, remat=True)["flops"]
+    assert rem["remat"] == rem["student_fwd"] == f["student_fwd"] and rem["teacher_fwd"] > 0
+    frozen = plan_memory(cfg, (1, 1, 1), teacher="none", seq_len=16, frozen_mlp=True)["flops"]
+    assert frozen["student_fwd"] == f["student_fwd"] and frozen["student_bwd"] < f["student_bwd"]
+    assert full["step_time_s"]["at_peak"] == f["total"] / CHIPS["h100"]["peak_flops"]
+    assert full["fits"]

@@ -25,6 +25,14 @@ target build the same pure dict of `jax.ShapeDtypeStruct`s carrying the sharding
 e.g. `abstract_pytree(nnx.state(abstract_model, nnx.Param), mesh)`; restoring onto a
 different mesh (or a single device) is just a different set of shardings in that target.
 
+Several processes (a pod): every process calls `maybe_save` / `restore` at the same steps;
+Orbax writes each process's array shards, and the JSON items are written by process 0. The
+data states of the processes differ (each reads its own input shards), so `maybe_save`
+gathers them and stores their union (`merge_process_states`: nested dicts merged key by key;
+the shard-keyed states of train.data.pipeline never collide, identical values are kept once,
+conflicting values are an error naming the key). Every process restores the union and picks
+its part, on any process count.
+
 Async saves: `maybe_save` returns once the arrays are copied to host memory; the writes run in a
 background thread. The caller may then donate/overwrite the device buffers. Call `wait()`
 before reading a just-saved step from another process and `close()` at the end of training.
@@ -153,6 +161,40 @@ def _stored_shape(leaf):
     return shape
 
 
+# --------------------------------------------------------------------------- processes
+def merge_process_states(states: list, where: str = "data_state") -> Any:
+    """Union of per-process JSON states: dicts merged key by key, equal leaves kept once."""
+    def merge(a, b, path):
+        if isinstance(a, dict) and isinstance(b, dict):
+            out = dict(a)
+            for k, v in b.items():
+                out[k] = merge(out[k], v, f"{path}.{k}") if k in out else v
+            return out
+        if a != b:
+            raise CheckpointError(f"{path} differs between processes ({a!r} vs {b!r}) and cannot "
+                                  "be merged; per-process state must be keyed by what it covers "
+                                  "(e.g. the input shard)")
+        return a
+    out = states[0]
+    for s in states[1:]:
+        out = merge(out, s, where)
+    return out
+
+
+def gather_process_states(state: Any) -> list:
+    """Every process's JSON-able `state`, in process order (a collective: all must call)."""
+    if jax.process_count() == 1:
+        return [state]
+    from jax.experimental import multihost_utils
+    raw = np.frombuffer(json.dumps(state, sort_keys=True).encode(), np.uint8)
+    lengths = np.asarray(multihost_utils.process_allgather(np.int32(raw.size))).reshape(-1)
+    padded = np.zeros(int(lengths.max()), np.uint8)
+    padded[:raw.size] = raw
+    rows = np.asarray(multihost_utils.process_allgather(padded))
+    rows = rows.reshape(len(lengths), -1)
+    return [json.loads(bytes(r[:n]).decode()) for r, n in zip(rows, lengths)]
+
+
 # --------------------------------------------------------------------------- checkpointer
 def _item_handlers() -> dict:
     import orbax.checkpoint as ocp
@@ -258,6 +300,8 @@ class TrainCheckpointer:
             log.warning("checkpoint step %d not saved: step %d is already saved in %s",
                         step, latest, self.directory)
             return False
+        if jax.process_count() > 1:
+            data = merge_process_states(gather_process_states(data), f"data_state of step {step}")
         saved = mngr.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(train_state),
             data=ocp.args.JsonSave(data),

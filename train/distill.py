@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import time
 from typing import Any, Callable
 
@@ -36,6 +35,7 @@ from train.distributed import initialize_distributed, mesh_from_config
 from train.flat_model import FlatModel
 from train.loop import TrainLoop
 from train.metrics import MetricsWriter
+from train.preemption import Preemption
 from train.student import student_from_teacher
 from train.train_step import DistillStep
 
@@ -84,30 +84,6 @@ def fingerprint(cfg: TrainConfig) -> dict:
     d = to_dict(cfg)
     return {k: d[k] for k in ("model", "data", "optimizer", "loss")} | {
         "train": {"steps": cfg.train.steps, "seed": cfg.train.seed}}
-
-
-class _StopFlag:
-    """Set by SIGTERM/SIGINT; the loop checks it between steps."""
-
-    def __init__(self):
-        self.signum = None
-
-    def __call__(self, signum, frame):
-        self.signum = signum
-
-    @contextlib.contextmanager
-    def installed(self):
-        old = {}
-        try:
-            for s in (signal.SIGTERM, signal.SIGINT):
-                old[s] = signal.signal(s, self)
-        except ValueError:  # not the main thread: no handlers
-            pass
-        try:
-            yield self
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
 
 
 def evaluate(ds: DistillStep, params, teacher_params, lm_batches, mqar_batches,
@@ -190,7 +166,7 @@ def run_distill(cfg: TrainConfig, *, teacher_model: JetNemotronForCausalLM | Non
     if start == 0 and (lm_batches or mqar_batches):
         summary["init_eval"] = do_eval(state, 0)
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len * accum
-    stop = _StopFlag()
+    stop = Preemption()
 
     def step_fn(state, micro_batches):
         metrics = []
@@ -200,7 +176,7 @@ def run_distill(cfg: TrainConfig, *, teacher_model: JetNemotronForCausalLM | Non
         return state, metrics
 
     loop = TrainLoop(step_fn, stage="distill", total_steps=cfg.train.steps, tokens=tokens_per_step,
-                     progress=cfg.logging.progress, stop_requested=lambda: stop.signum is not None)
+                     progress=cfg.logging.progress, stop_requested=stop.should_stop)
     saved = {"step": start}
     window = {"t": time.perf_counter(), "steps": 0}
 
@@ -223,7 +199,7 @@ def run_distill(cfg: TrainConfig, *, teacher_model: JetNemotronForCausalLM | Non
             summary["final_eval"] = do_eval(info.state, info.step)
 
     def finish(info):
-        if stop.signum is not None:
+        if stop.stopped_at is not None:
             summary["interrupted"] = True
             print_fn(f"signal {stop.signum}: saving step {info.step} and stopping")
         if saved["step"] != info.step:

@@ -10,6 +10,16 @@ creating arrays). It wraps `jax.distributed.initialize`:
   arguments lets JAX auto-detect coordinator, process count and id;
 * otherwise (a single process: a laptop, CPU tests, one GPU box) -> no-op.
 
+Failure detection: JAX's coordination service aborts every surviving process (SIGABRT, exit
+code 134, message "Terminating process because the JAX distributed service detected fatal
+errors ... another task died") when a process disappears. A process whose sockets close (killed,
+crashed) is noticed within seconds; a host that vanishes silently within
+`heartbeat_timeout_seconds` (default here: `DEFAULT_HEARTBEAT_TIMEOUT_S` = 60 s, or the
+`JET_JAX_HEARTBEAT_TIMEOUT_S` environment variable; JAX's own default is 100 s). So no
+surviving process hangs longer than that in a collective whose peer is gone.
+
+On CPU, cross-process collectives need an implementation; gloo is selected when none is.
+
 `mesh_from_config(shape)` builds the `(data, fsdp, tensor)` mesh, validating that the shape
 covers exactly the devices present (one entry may be -1: "whatever is left").
 """
@@ -26,6 +36,36 @@ import jax
 from jet_jax.sharding import MESH_AXES, make_mesh
 
 log = logging.getLogger(__name__)
+
+DEFAULT_HEARTBEAT_TIMEOUT_S = 60
+
+
+def heartbeat_timeout_s() -> int:
+    """Seconds after which a silent peer process is declared dead (see module docstring)."""
+    value = os.environ.get("JET_JAX_HEARTBEAT_TIMEOUT_S", "")
+    try:
+        t = int(value) if value else DEFAULT_HEARTBEAT_TIMEOUT_S
+    except ValueError:
+        raise ValueError(f"JET_JAX_HEARTBEAT_TIMEOUT_S={value!r} is not an integer number of "
+                         "seconds") from None
+    if t < 1:
+        raise ValueError(f"JET_JAX_HEARTBEAT_TIMEOUT_S must be >= 1, got {t}")
+    return t
+
+
+def _jax_initialize(**kwargs) -> None:
+    """`jax.distributed.initialize` with our heartbeat timeout (where this JAX accepts it) and
+    gloo CPU collectives (where none are selected)."""
+    import inspect
+    try:
+        if jax.config.jax_cpu_collectives_implementation in (None, "none", ""):
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    except AttributeError:  # option renamed/removed: JAX's default applies
+        pass
+    params = inspect.signature(jax.distributed.initialize).parameters
+    if "heartbeat_timeout_seconds" in params:
+        kwargs["heartbeat_timeout_seconds"] = heartbeat_timeout_s()
+    jax.distributed.initialize(**kwargs)
 
 
 def _detected_cluster() -> str | None:
@@ -78,8 +118,8 @@ def initialize_distributed(coordinator_address: str | None = None,
     how = "already"
     if not jax.distributed.is_initialized():
         if explicit:
-            jax.distributed.initialize(coordinator_address=coordinator_address,
-                                       num_processes=num_processes, process_id=process_id)
+            _jax_initialize(coordinator_address=coordinator_address,
+                            num_processes=num_processes, process_id=process_id)
             how = "explicit"
         else:
             cluster = _detected_cluster()
@@ -88,7 +128,7 @@ def initialize_distributed(coordinator_address: str | None = None,
             else:
                 log.info("multi-process %s environment detected: jax.distributed.initialize()",
                          cluster)
-                jax.distributed.initialize()
+                _jax_initialize()
                 how = f"auto:{cluster}"
     return {
         "initialized": jax.distributed.is_initialized(), "how": how,

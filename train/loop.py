@@ -10,7 +10,7 @@ the hooks (logging, evaluation, checkpointing), in the manner of levanter's Trai
 
 `step_fn(state, inputs) -> (state, metrics)`; `next_input(step)` gives the inputs of step
 `step` (0-based): a batch, a list of micro-batches, or a (batch, choice) pair.
-`stop_requested()` is checked at every step boundary (preemption: the caller saves and
+`stop_requested(step)` is checked at every step boundary (preemption: the caller saves and
 exits); the progress bar (tqdm or rich, or none) is labelled with the stage and shows the
 rate and the ETA.
 """
@@ -65,13 +65,13 @@ class TrainLoop:
 
     def __init__(self, step_fn: Callable[[Any, Any], tuple[Any, Any]], *, stage: str,
                  total_steps: int, tokens: Callable[[Any], int] | int = 0, progress: str = "tqdm",
-                 stop_requested: Callable[[], bool] | None = None):
+                 stop_requested: Callable[[int], bool] | None = None):
         if progress not in ("tqdm", "rich", "none"):
             raise ValueError(f"progress must be tqdm, rich or none, got {progress!r}")
         self.step_fn, self.stage, self.total_steps = step_fn, stage, total_steps
         self.tokens = tokens if callable(tokens) else (lambda _inputs, n=tokens: n)
         self.progress = progress
-        self.stop_requested = stop_requested or (lambda: False)
+        self.stop_requested = stop_requested or (lambda _step: False)
         self._every: list[tuple[int, Callable[[StepInfo], Any]]] = []
         self._end: list[Callable[[StepInfo], Any]] = []
         self._bar = None
@@ -101,7 +101,7 @@ class TrainLoop:
         tokens_all = tokens_after_first = 0
         try:
             while step < self.total_steps:
-                if self.stop_requested():
+                if self.stop_requested(step):
                     interrupted = True
                     break
                 inputs = next_input(step)

@@ -5,9 +5,9 @@
 
 Nothing is allocated: the model is built with `nnx.eval_shape` (`jet_jax.convert.abstract_model`)
 and every parameter's per-device shard comes from its logical axis names through the same
-rules table training uses (`jet_jax.sharding.state_shardings`) on a `jax.sharding.AbstractMesh`
-of the requested shape (no devices needed; an arithmetic fallback applies the same rules
-when AbstractMesh is unavailable).
+rules training uses (`jet_jax.sharding.state_shardings`: logical names -> mesh axes, size-1
+axes dropped, a dim its axes do not divide replicated), applied arithmetically to the mesh
+sizes (no devices needed).
 
 Rows (bytes per device):
 
@@ -43,6 +43,7 @@ roughly +-30% for activations); parameter, gradient and optimizer bytes are exac
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -71,6 +72,8 @@ def load_config(model: str | ModelConfig) -> ModelConfig:
     if isinstance(model, ModelConfig):
         return model
     from configs.presets import PRESETS
+    from configs.teachers import STUDENTS, TEACHERS
+    PRESETS = {**PRESETS, **TEACHERS, **STUDENTS}
     if model in PRESETS:
         return PRESETS[model]
     path = model
@@ -90,51 +93,37 @@ def _dtype(name) -> Any:
     return DTYPES[name]
 
 
-def _abstract_mesh(shape: Sequence[int], axis_names: Sequence[str]):
-    try:
-        from jax.sharding import AbstractMesh
-        try:
-            return AbstractMesh(tuple(shape), tuple(axis_names))
-        except TypeError:  # older signature: ((name, size), ...)
-            return AbstractMesh(tuple(zip(axis_names, shape)))
-    except Exception:  # noqa: BLE001
-        return None
-
-
 class _ShapeOnlyMesh:
     def __init__(self, shape, names):
         self.shape = dict(zip(names, shape))
 
 
-def _specs(state, shape, axis_names) -> dict[str, tuple]:
-    """{flat param name: per-dim mesh axes tuple} using the training rules."""
+@functools.lru_cache(maxsize=32)
+def _param_meta(cfg: ModelConfig, param_dtype: str) -> tuple:
+    """(name, shape, logical axis names, dtype) per parameter, from the abstract model
+    (cached: mesh searches and repeated plans reuse it)."""
     from flax import nnx
-    mesh = _abstract_mesh(shape, axis_names)
-    flat = {"/".join(str(p) for p in path): var for path, var in nnx.to_flat_state(state)}
-    out: dict[str, tuple] = {}
-    if mesh is not None:
-        from jet_jax.sharding import state_shardings
-        shardings = state_shardings(state, mesh)
-        flat_sh = {"/".join(str(p) for p in path): s
-                   for path, s in nnx.to_flat_state(shardings)}
-        for name in flat:
-            s = flat_sh[name]
-            s = s.value if isinstance(s, nnx.Variable) else s
-            out[name] = tuple(s.spec)
-        return out
-    # Arithmetic fallback: the same rules without a mesh object.
-    fake = _ShapeOnlyMesh(shape, axis_names)
-    for name, var in flat.items():
+
+    from jet_jax.convert.hf import abstract_model
+    state = nnx.state(abstract_model(cfg, param_dtype=jnp.dtype(param_dtype)), nnx.Param)
+    out = []
+    for path, var in nnx.to_flat_state(state):
         names = var.get_metadata().get("out_sharding")
-        spec = tuple(logical_to_mesh_spec(names, LOGICAL_AXIS_RULES, fake))
-        dims = tuple(var.value.shape)
-        fixed = []
-        for dim, axes in zip(dims, spec + (None,) * (len(dims) - len(spec))):
-            ax = (axes,) if isinstance(axes, str) else tuple(axes or ())
-            size = math.prod(fake.shape[a] for a in ax)
-            fixed.append(axes if ax and dim % size == 0 else None)
-        out[name] = tuple(fixed)
-    return out
+        out.append(("/".join(str(p) for p in path), tuple(var.value.shape),
+                    None if names is None else tuple(names), str(var.value.dtype)))
+    return tuple(out)
+
+
+def _mesh_spec(shape: Sequence[int], names, mesh: _ShapeOnlyMesh) -> tuple:
+    """Per-dim mesh axes of one parameter: the rules of jet_jax.sharding.state_shardings
+    (logical names -> mesh axes, size-1 axes dropped, a dim the axes do not divide replicated)."""
+    spec = tuple(logical_to_mesh_spec(names, LOGICAL_AXIS_RULES, mesh))
+    fixed = []
+    for dim, axes in zip(shape, spec + (None,) * (len(shape) - len(spec))):
+        ax = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        size = math.prod(mesh.shape[a] for a in ax)
+        fixed.append(axes if ax and dim % size == 0 else None)
+    return tuple(fixed)
 
 
 def shard_shape(shape: Sequence[int], spec: Sequence, mesh_sizes: dict[str, int]) -> tuple:
@@ -150,21 +139,14 @@ def shard_shape(shape: Sequence[int], spec: Sequence, mesh_sizes: dict[str, int]
 def param_table(cfg: ModelConfig, mesh_shape: Sequence[int], param_dtype,
                 axis_names: Sequence[str] = MESH_AXES) -> list[dict]:
     """One row per parameter: name, global shape, per-device shard shape, element counts."""
-    from flax import nnx
-
-    from jet_jax.convert.hf import abstract_model
-    abstract = abstract_model(cfg, param_dtype=param_dtype)
-    state = nnx.state(abstract, nnx.Param)
-    specs = _specs(state, mesh_shape, axis_names)
-    sizes = dict(zip(axis_names, mesh_shape))
+    mesh = _ShapeOnlyMesh(mesh_shape, axis_names)
     rows = []
-    for path, var in nnx.to_flat_state(state):
-        name = "/".join(str(p) for p in path)
-        shape = tuple(var.value.shape)
-        local = shard_shape(shape, specs[name], sizes)
-        rows.append({"name": name, "shape": shape, "spec": specs[name], "shard_shape": local,
+    for name, shape, names, dtype in _param_meta(cfg, jnp.dtype(param_dtype).name):
+        spec = _mesh_spec(shape, names, mesh)
+        local = shard_shape(shape, spec, mesh.shape)
+        rows.append({"name": name, "shape": shape, "spec": spec, "shard_shape": local,
                      "elements": math.prod(shape), "shard_elements": math.prod(local),
-                     "dtype": str(var.value.dtype)})
+                     "dtype": dtype})
     return rows
 
 
@@ -192,13 +174,18 @@ def layer_activation_bytes(cfg: ModelConfig, layer_type: str, batch: int, seq: i
         gdr = (j.num_heads * j.head_dim * j.head_v_dim / GDR_CHUNK
                + GDR_CHUNK * j.num_heads) / tp * 4 * n
         return int(common + dense + gdr)
+    if layer_type == "super":  # PostNAS super-network layer: both paths, shared norms + MLP
+        common = (4 * d + 4 * f / tp) * act_bytes * n
+        return int(layer_activation_bytes(cfg, "attn", batch, seq, act_bytes, tp)
+                   + layer_activation_bytes(cfg, "jet", batch, seq, act_bytes, tp) - common)
     # PostNAS zoo blocks: approximate as a jet-sized linear-attention block
     return layer_activation_bytes(cfg, "jet", batch, seq, act_bytes, tp)
 
 
 def activation_bytes(cfg: ModelConfig, batch: int, seq: int, act_bytes: int, tp: int,
-                     remat: bool) -> dict[str, int]:
-    per_layer = [layer_activation_bytes(cfg, t, batch, seq, act_bytes, tp) for t in cfg.layer_types]
+                     remat: bool, layer_types: Sequence[str] | None = None) -> dict[str, int]:
+    layer_types = tuple(cfg.layer_types if layer_types is None else layer_types)
+    per_layer = [layer_activation_bytes(cfg, t, batch, seq, act_bytes, tp) for t in layer_types]
     io = 2 * cfg.hidden_size * act_bytes * batch * seq  # embeddings out, final norm
     if remat:
         kept = cfg.num_hidden_layers * cfg.hidden_size * act_bytes * batch * seq
@@ -206,7 +193,7 @@ def activation_bytes(cfg: ModelConfig, batch: int, seq: int, act_bytes: int, tp:
     else:
         total = sum(per_layer) + io
     by_type: dict[str, int] = {}
-    for t, b in zip(cfg.layer_types, per_layer):
+    for t, b in zip(layer_types, per_layer):
         by_type[t] = b
     return {"total": int(total), "per_layer_by_type": by_type, "max_layer": max(per_layer)}
 
@@ -216,8 +203,14 @@ def plan_memory(model: str | ModelConfig, mesh: Sequence[int] | str, *, batch_pe
                 seq_len: int = 4096, param_dtype="f32", dtype="bf16", opt: str = "adamw",
                 remat: bool = False, frozen_mlp: bool = False,
                 teacher: str | ModelConfig | None = "auto", teacher_dtype="bf16",
-                grad_accum: int = 1, axis_names: Sequence[str] = MESH_AXES) -> dict:
-    """Per-device memory plan (bytes) from abstract shapes; see the module docstring."""
+                grad_accum: int = 1, axis_names: Sequence[str] = MESH_AXES,
+                supernet: bool = False, chip: str | None = None) -> dict:
+    """Per-device memory plan (bytes) from abstract shapes; see the module docstring.
+
+    supernet: plan the PostNAS super-network built from `model`'s shapes instead (every layer
+    the teacher's attention + a JetBlock of `model.jet`; only the JetBlocks train).
+    chip: a key of CHIPS; adds the step-time estimate (`step_time_s`) and the HBM fit.
+    """
     from train.distributed import parse_mesh
     t0 = time.perf_counter()
     cfg = load_config(model)
@@ -234,14 +227,28 @@ def plan_memory(model: str | ModelConfig, mesh: Sequence[int] | str, *, batch_pe
     sizes = dict(zip(axis_names, mesh_shape))
     tp = sizes.get("tensor", 1)
 
-    rows = param_table(cfg, mesh_shape, pdt, axis_names)
+    layer_types = tuple(cfg.layer_types)
+    if supernet:
+        n_layers = cfg.num_hidden_layers
+        rows = param_table(cfg.replace(layer_types=("attn",) * n_layers), mesh_shape, pdt,
+                           axis_names)
+        rows += [dict(r, name=r["name"].replace("/self_attn/", "/linear/"))
+                 for r in param_table(cfg.replace(layer_types=("jet",) * n_layers), mesh_shape,
+                                      pdt, axis_names) if "/self_attn/" in r["name"]]
+        trainable_rows = [r for r in rows if "/linear/" in r["name"]]
+        layer_types = ("super",) * n_layers
+        frozen_mlp = True
+    else:
+        rows = param_table(cfg, mesh_shape, pdt, axis_names)
+        trainable_rows = [r for r in rows if not (frozen_mlp and is_frozen(r["name"]))]
     total_params = sum(r["elements"] for r in rows)
     local = sum(r["shard_elements"] for r in rows)
-    trainable_rows = [r for r in rows if not (frozen_mlp and is_frozen(r["name"]))]
     local_trainable = sum(r["shard_elements"] for r in trainable_rows)
 
     out: dict[str, Any] = {
-        "model": cfg.describe(), "mesh": dict(sizes), "devices": math.prod(mesh_shape),
+        "model": ("PostNAS super-network (attention + JetBlock in every layer) of "
+                  if supernet else "") + cfg.describe(), "supernet": supernet,
+        "mesh": dict(sizes), "devices": math.prod(mesh_shape),
         "params_total": total_params,
         "params_trainable": sum(r["elements"] for r in trainable_rows),
         "batch_per_device": batch_per_device, "seq_len": seq_len,
@@ -272,7 +279,7 @@ def plan_memory(model: str | ModelConfig, mesh: Sequence[int] | str, *, batch_pe
         mem["teacher params"] = 0
         out["teacher"] = None
 
-    acts = activation_bytes(cfg, batch_per_device, seq_len, abytes, tp, remat)
+    acts = activation_bytes(cfg, batch_per_device, seq_len, abytes, tp, remat, layer_types)
     mem["activations"] = acts["total"]
     n = batch_per_device * seq_len
     vocab_local = -(-cfg.vocab_size // tp)
@@ -299,8 +306,104 @@ def plan_memory(model: str | ModelConfig, mesh: Sequence[int] | str, *, batch_pe
             for k, v in sorted(groups.items(), key=lambda kv: -sum(r["elements"] for r in kv[1]))]
     else:
         out["replicated_params_bytes"], out["replicated_params"] = 0, []
+    out["flops"] = step_flops(cfg, layer_types, rows, trainable_rows, tcfg,
+                              tokens=out["global_batch"] * seq_len, seq_len=seq_len, remat=remat,
+                              teacher_rows=trows if tcfg is not None else None)
+    if chip is not None:
+        c = CHIPS[chip]
+        out["chip"] = chip
+        out["hbm_bytes"] = c["hbm_bytes"]
+        out["fits"] = mem["total"] <= HBM_USABLE * c["hbm_bytes"]
+        per_device = out["flops"]["total"] / out["devices"]
+        out["step_time_s"] = {"at_peak": per_device / c["peak_flops"],
+                              f"at_{ASSUMED_MFU:.0%}_mfu": per_device / (ASSUMED_MFU * c["peak_flops"])}
     out["seconds"] = time.perf_counter() - t0
     return out
+
+
+# --------------------------------------------------------------------------- FLOPs, chips
+# Peak dense bf16 FLOP/s and HBM per chip, from the vendors' spec sheets.
+CHIPS = {
+    "tpu-v5p": {"peak_flops": 459e12, "hbm_bytes": 95e9, "name": "TPU v5p"},
+    "tpu-v6e": {"peak_flops": 918e12, "hbm_bytes": 32e9, "name": "TPU v6e (Trillium)"},
+    "h100": {"peak_flops": 989e12, "hbm_bytes": 80e9, "name": "H100 SXM"},
+}
+HBM_USABLE = 0.9   # the runtime, XLA's scratch and fragmentation take the rest
+ASSUMED_MFU = 0.4  # an assumption for the second step-time column, not a measurement
+
+
+def _matmul_elements(rows: Sequence[dict], cfg: ModelConfig) -> int:
+    """Parameters among `rows` used as matmul weights once per token: every >= 2-D parameter
+    except the embedding table (a gather), plus the table again when the head is tied to it."""
+    n = sum(r["elements"] for r in rows if len(r["shape"]) >= 2 and "embed_tokens" not in r["name"])
+    if cfg.tie_word_embeddings and any("embed_tokens" in r["name"] for r in rows):
+        n += cfg.vocab_size * cfg.hidden_size
+    return n
+
+
+def mixer_flops_per_token(cfg: ModelConfig, layer_type: str, seq_len: int) -> float:
+    """Forward FLOPs per token of a mixer beyond its weight matmuls.
+
+    attn / swa: q.k scores and probs.v over all seq_len keys, 4 * T * Hq * hd (this
+    implementation computes the full [T, T] scores and masks them; a sliding window costs
+    the same). jet: chunked gated delta rule per head, chunk C = 64: intra-chunk
+    q.k / (.)v matrices 4 C (dk + dv) and the state read / update / correction 6 dk dv.
+    """
+    if layer_type in ("attn", "swa"):
+        return 4.0 * seq_len * cfg.num_attention_heads * cfg.head_dim
+    if layer_type == "super":
+        return mixer_flops_per_token(cfg, "attn", seq_len) + mixer_flops_per_token(cfg, "jet", seq_len)
+    j = cfg.jet
+    return j.num_heads * (4.0 * GDR_CHUNK * (j.head_dim + j.head_v_dim)
+                          + 6.0 * j.head_dim * j.head_v_dim)
+
+
+def step_flops(cfg: ModelConfig, layer_types: Sequence[str], rows: Sequence[dict],
+               trainable_rows: Sequence[dict], teacher: ModelConfig | None, *, tokens: int,
+               seq_len: int, remat: bool, teacher_rows: Sequence[dict] | None = None
+               ) -> dict[str, float]:
+    """FLOPs of one training step over the global batch (`tokens` tokens).
+
+    student forward 2 M + X (M matmul weights, X mixer FLOPs); backward: 4 M_trainable (input
+    and weight gradients) + 2 M_frozen (input gradients only) + 2 X; remat recomputes the
+    forward once more; the teacher runs forward only: 2 M_t + X_t.
+    """
+    m = _matmul_elements(rows, cfg)
+    m_train = _matmul_elements(trainable_rows, cfg)
+    x = sum(mixer_flops_per_token(cfg, t, seq_len) for t in layer_types)
+    fwd = 2.0 * m + x
+    bwd = 4.0 * m_train + 2.0 * (m - m_train) + 2.0 * x
+    out = {"student_fwd": fwd * tokens, "student_bwd": bwd * tokens,
+           "remat": (fwd if remat else 0.0) * tokens, "teacher_fwd": 0.0}
+    if teacher is not None:
+        t_rows = teacher_rows if teacher_rows is not None else param_table(
+            teacher, (1, 1, 1), jnp.float32)
+        xt = sum(mixer_flops_per_token(teacher, t, seq_len) for t in teacher.layer_types)
+        out["teacher_fwd"] = (2.0 * _matmul_elements(t_rows, teacher) + xt) * tokens
+    out["total"] = sum(out.values())
+    return out
+
+
+def recommend_mesh(model: str | ModelConfig, chip: str, num_chips: int, **kw) -> dict:
+    """The plan on the mesh with the least model parallelism that fits the chip's HBM:
+    fsdp x tensor as small as possible (tensor only if fsdp alone cannot fit: it costs
+    collectives on every layer), the rest data-parallel. Returns the plan (with "fits")."""
+    if chip not in CHIPS:
+        raise ValueError(f"unknown chip {chip!r}; known: {sorted(CHIPS)}")
+    best = None
+    for tensor in (1, 2, 4, 8):
+        fsdp = 1
+        while fsdp * tensor <= num_chips:
+            if num_chips % (fsdp * tensor) == 0:
+                plan = plan_memory(model, (num_chips // (fsdp * tensor), fsdp, tensor), chip=chip,
+                                   **kw)
+                if plan["fits"]:
+                    if best is None or fsdp * tensor < best[0]:
+                        best = (fsdp * tensor, plan)
+                    break
+                last = plan
+            fsdp *= 2
+    return best[1] if best is not None else last
 
 
 def _gib(b: int) -> str:
@@ -342,6 +445,20 @@ def render(plan: dict, console=None) -> None:
     if big:
         console.print("not sharded on this mesh (whole on every device): " + "; ".join(
             f"{r['name']} {r['shape']} x{r['count']} = {_gib(r['bytes'])} GiB" for r in big))
+    if "flops" in plan:
+        f = plan["flops"]
+        line = (f"step FLOPs {f['total']:.3e} (student fwd {f['student_fwd']:.2e}, bwd "
+                f"{f['student_bwd']:.2e}, remat {f['remat']:.2e}, teacher fwd "
+                f"{f['teacher_fwd']:.2e}) for {plan['global_batch'] * plan['seq_len']:,} tokens")
+        console.print(line)
+    if "chip" in plan:
+        c = CHIPS[plan["chip"]]
+        t = plan["step_time_s"]
+        console.print(f"{c['name']}: {plan['bytes']['total'] / 1e9:.1f} GB of "
+                      f"{c['hbm_bytes'] / 1e9:.0f} GB HBM per chip ("
+                      f"{'fits' if plan['fits'] else 'DOES NOT FIT'} in {HBM_USABLE:.0%}); step "
+                      f"time {t['at_peak']:.2f} s at peak, "
+                      f"{t[f'at_{ASSUMED_MFU:.0%}_mfu']:.2f} s at {ASSUMED_MFU:.0%} MFU (assumed)")
     console.print(f"(planned from abstract shapes in {plan['seconds']:.1f} s; no weights allocated)")
 
 
@@ -349,7 +466,14 @@ def render(plan: dict, console=None) -> None:
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True,
                         help="preset name (configs/presets.py) or HF config.json path")
-    parser.add_argument("--mesh", required=True, help="data,fsdp,tensor sizes, e.g. 1,256,1")
+    parser.add_argument("--mesh", default=None,
+                        help="data,fsdp,tensor sizes, e.g. 1,256,1 (or --chip + --chips)")
+    parser.add_argument("--chip", default=None, choices=sorted(CHIPS),
+                        help="add the HBM fit and a step-time estimate for this chip")
+    parser.add_argument("--chips", type=int, default=None,
+                        help="with --chip and no --mesh: recommend the mesh for this many chips")
+    parser.add_argument("--supernet", action="store_true",
+                        help="plan the PostNAS super-network of --model's shapes")
     parser.add_argument("--batch-per-device", type=int, default=1)
     parser.add_argument("--seq-len", type=int, default=4096)
     parser.add_argument("--param-dtype", default="f32", choices=sorted(DTYPES))
@@ -368,12 +492,17 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    kw = dict(batch_per_device=args.batch_per_device, seq_len=args.seq_len,
+              param_dtype=args.param_dtype, dtype=args.dtype, opt=args.opt, remat=args.remat,
+              frozen_mlp=args.frozen_mlp, teacher=args.teacher, teacher_dtype=args.teacher_dtype,
+              grad_accum=args.grad_accum, supernet=args.supernet)
     try:
-        plan = plan_memory(args.model, args.mesh, batch_per_device=args.batch_per_device,
-                           seq_len=args.seq_len, param_dtype=args.param_dtype, dtype=args.dtype,
-                           opt=args.opt, remat=args.remat, frozen_mlp=args.frozen_mlp,
-                           teacher=args.teacher, teacher_dtype=args.teacher_dtype,
-                           grad_accum=args.grad_accum)
+        if args.mesh is None:
+            if args.chip is None or args.chips is None:
+                raise ValueError("give --mesh, or --chip and --chips to get a recommended mesh")
+            plan = recommend_mesh(args.model, args.chip, args.chips, **kw)
+        else:
+            plan = plan_memory(args.model, args.mesh, chip=args.chip, **kw)
     except (ValueError, KeyError, FileNotFoundError) as e:
         import sys
         print(f"jet-jax plan: error: {e}", file=sys.stderr)
@@ -383,3 +512,90 @@ def run(args: argparse.Namespace) -> int:
     else:
         render(plan)
     return 0
+
+
+# --------------------------------------------------------------------------- XLA's view
+def xla_step_memory(student: str | ModelConfig, teacher: str | ModelConfig,
+                    mesh_shape: Sequence[int], *, batch_per_device: int, seq_len: int,
+                    dtype: str = "float32", remat: bool = False) -> dict[str, int]:
+    """Compile (never run) the real distillation train step (`train.train_step.DistillStep`,
+    default optimizer: AdamW with the MLP/embeddings/norms frozen) on abstract shapes on the
+    devices present and return XLA's per-device `memory_analysis()`: argument, output, alias
+    and temp bytes, and `peak` = arguments + temp + outputs not aliased to (donated)
+    arguments. Needs prod(mesh_shape) devices (fake CPU devices are fine): nothing is
+    allocated, but the compile of a 7B step takes minutes."""
+    import jax
+
+    from jet_jax.convert.hf import abstract_model
+    from train.config import LossSection, OptimizerSection
+    from train.distributed import mesh_from_config
+    from train.flat_model import FlatModel
+    from train.train_step import BATCH_KEYS, DistillStep, batch_sharding
+    dt = _dtype(dtype)
+    scfg, tcfg = load_config(student), load_config(teacher)
+    mesh = mesh_from_config(tuple(mesh_shape))
+    s_flat = FlatModel(abstract_model(scfg, dtype=dt, remat=remat))
+    t_flat = FlatModel(abstract_model(tcfg, dtype=dt))
+    ds = DistillStep(s_flat, t_flat, OptimizerSection(), LossSection(), mesh, total_steps=1000)
+    teacher_params = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=ds.teacher_shardings[k])
+                      for k, v in t_flat.abstract_params().items()}
+    global_batch = batch_per_device * mesh.shape["data"] * mesh.shape["fsdp"]
+    bs = batch_sharding(mesh)
+    batch = {k: jax.ShapeDtypeStruct((global_batch, seq_len),
+                                     jnp.float32 if k == "loss_mask" else jnp.int32, sharding=bs)
+             for k in BATCH_KEYS}
+    ma = ds._step.lower(ds.abstract_state(), teacher_params, batch).compile().memory_analysis()
+    out = {k: int(getattr(ma, f"{k}_size_in_bytes")) for k in ("argument", "output", "alias",
+                                                               "temp")}
+    out["peak"] = out["argument"] + out["temp"] + out["output"] - out["alias"]
+    return out
+
+
+# --------------------------------------------------------------------------- scaling table
+TARGETS = (("tpu-v5p", 64, "TPU v5p x64 (v5p-128)"), ("tpu-v6e", 64, "TPU v6e x64 (v6e-64)"),
+           ("h100", 8, "8x H100 (one node)"))
+
+
+def scaling_rows(seq_len: int = 4096, batch_per_device: int = 1) -> list[dict]:
+    """Recommended mesh and plan of each big teacher's super-network (PostNAS, JetBlocks train)
+    and final student (all parameters train) on each target; remat on, bf16 compute and
+    teacher, f32 parameters and AdamW moments."""
+    from configs.teachers import STUDENT_OF, TEACHERS
+    rows = []
+    for tname in TEACHERS:
+        for stage, supernet in (("super-network", True), ("student", False)):
+            for chip, n, label in TARGETS:
+                p = recommend_mesh(STUDENT_OF[tname], chip, n, supernet=supernet, remat=True,
+                                   frozen_mlp=supernet, teacher=tname, seq_len=seq_len,
+                                   batch_per_device=batch_per_device)
+                rows.append({"teacher": tname, "stage": stage, "target": label, "plan": p})
+    return rows
+
+
+def scaling_markdown(rows: Sequence[dict]) -> str:
+    gb = lambda b: f"{b / 1e9:.1f}"  # noqa: E731
+    head = ("| teacher | stage | target | mesh d,f,t | params (B) / trainable | params | grads "
+            "| AdamW | teacher | activations | logits + teacher layer | total GB / HBM "
+            "| tokens/step | step s @peak | step s @40% MFU |")
+    lines = [head, "|" + "---|" * 15]
+    for r in rows:
+        p, m = r["plan"], r["plan"]["bytes"]
+        mesh = ",".join(str(v) for v in p["mesh"].values())
+        t = p["step_time_s"]
+        total = f"{gb(m['total'])} / {p['hbm_bytes'] / 1e9:.0f}" + ("" if p["fits"] else " (no fit)")
+        lines.append(
+            f"| {r['teacher']} | {r['stage']} | {r['target']} | {mesh} | "
+            f"{p['params_total'] / 1e9:.1f} / {p['params_trainable'] / 1e9:.1f} | "
+            f"{gb(m['params'])} | {gb(m['grads'])} | {gb(m['optimizer'])} | "
+            f"{gb(m['teacher params'])} | {gb(m['activations'])} | "
+            f"{gb(m['logits'] + m['teacher fwd (transient)'])} | {total} | "
+            f"{p['global_batch'] * p['seq_len']:,} | {t['at_peak']:.2f} | {t[f'at_{ASSUMED_MFU:.0%}_mfu']:.2f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import sys
+    if sys.argv[1:] == ["--scaling-table"]:
+        print(scaling_markdown(scaling_rows()))
+    else:
+        print("usage: python -m train.plan --scaling-table   (or: jet-jax plan --help)")

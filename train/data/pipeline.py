@@ -12,18 +12,30 @@ Per source (k-th entry of ``DataConfig.sources``):
     then IterDataset.mix(sources, weights)  (weights = share of packed rows)
       -> batch(global batch_size) -> this process's slice of rows.
 
-Process sharding: every process builds the same global row stream and keeps
-rows [p * B_local, (p + 1) * B_local) of each global batch. The global batch is
-therefore identical for any process count (runs resume across topologies and
-the local batches tile the global one exactly), at the cost of every host
-tokenizing the whole global batch; that is cheap for the byte tokenizer and HF
-`tokenizers` at this project's scale. If host CPU ever becomes the bottleneck,
-shard the document sources per process instead (grain.sharding).
+Process sharding (``DataConfig.num_shards`` = S): the global row stream is S
+independent shards. Shard s reads only the documents at positions s, s+S, ...
+of each epoch's shuffled order (synthetic sources: examples s, s+S, ...), packs
+them on its own and fills rows [s*B/S, (s+1)*B/S) of every global batch. With
+P processes:
+
+* S a multiple of P: process p owns shards [p*S/P, (p+1)*S/P) and reads only
+  their documents (the pod setting: no document is read by two hosts, none is
+  skipped, within an epoch);
+* P a multiple of S: P/S processes share a shard, each builds its stream and
+  keeps its slice of the shard's rows (S=1, the default: every process reads
+  everything and keeps rows [p*B/P, (p+1)*B/P); right for small data and a few
+  hosts).
+
+The global batch depends on S but not on P, so a run resumes on another
+process count and the local batches tile the global one exactly.
 
 Checkpointing: the returned iterator is a ``grain.DatasetIterator``;
-``it.get_state()`` is a small JSON-able dict and ``it.set_state(state)`` on a
-fresh iterator from the same config reproduces exactly the batches that would
-have followed.
+``it.get_state()`` is a small JSON-able dict ``{"num_shards": S, "shards":
+{"<s>": grain state of shard s}}`` holding the shards this process reads, and
+``it.set_state(state)`` on a fresh iterator from the same config reproduces
+exactly the batches that would have followed. ``set_state`` also accepts the
+union of all processes' states (what the trainer's checkpoint stores, see
+train.checkpointing) and picks its own shards, on any process count.
 
 Every batch is a dict of numpy arrays [B_local, T] (see packing.ROW_KEYS):
 input_ids, segment_ids, positions, targets int32; loss_mask float32.
@@ -58,6 +70,10 @@ class DataConfig:
         finite count the mixture stops when the first source runs out.
     shuffle_window: rows buffered for the post-packing window shuffle (1 = off).
     packing_bins: open rows for first-fit packing of MQAR examples.
+    num_shards: independent input shards S (see the module docstring); must
+        divide batch_size, and S must be a multiple or a divisor of the
+        process count. Set it to the number of hosts (or a multiple) so that
+        each host reads only its share of the documents.
     read_threads, read_prefetch: grain.ReadOptions for reading + tokenizing
         documents ahead of packing. grain's defaults (16 threads, 500 elements
         per source) cost ~30x more CPU here for nothing: tokenization holds the
@@ -72,6 +88,7 @@ class DataConfig:
     num_epochs: int | None = None
     shuffle_window: int = 256
     packing_bins: int = 8
+    num_shards: int = 1
     read_threads: int = 1
     read_prefetch: int = 64
 
@@ -90,6 +107,9 @@ class DataConfig:
             raise ValueError(f"DataConfig.batch_size must be >= 1, got {self.batch_size}")
         if self.num_epochs is not None and self.num_epochs < 1:
             raise ValueError(f"DataConfig.num_epochs must be None (infinite) or >= 1, got {self.num_epochs}")
+        if self.num_shards < 1 or self.batch_size % self.num_shards:
+            raise ValueError(f"DataConfig.num_shards={self.num_shards} must be >= 1 and divide "
+                             f"batch_size={self.batch_size}")
         if self.shuffle_window < 1 or self.packing_bins < 1:
             raise ValueError("DataConfig.shuffle_window and packing_bins must be >= 1")
         if self.read_threads < 0 or self.read_prefetch < 0:
@@ -126,31 +146,41 @@ def _synthetic_source(task: MQARConfig | CopyConfig, **kw):
     return (MQARSource if isinstance(task, MQARConfig) else CopySource)(task, **kw)
 
 
-def _source_rows(cfg: DataConfig, k: int, tok) -> grain.IterDataset:
-    """Packed, finalized, shuffled training rows of source k."""
+def _source_rows(cfg: DataConfig, k: int, tok, shard: int = 0) -> grain.IterDataset:
+    """Packed, finalized, shuffled training rows of source k, shard `shard` of cfg.num_shards."""
     scfg = cfg.sources[k]
+    n_shards = cfg.num_shards
     seed = _source_seed(cfg.seed, k)
+    # S=1 keeps the seeds of the unsharded pipeline; shards pack and shuffle with their own.
+    local_seed = seed if n_shards == 1 else _source_seed(cfg.seed, k, 3 + shard)
     if scfg.task is not None:
         _check_mqar(scfg.task, tok)
         # Examples are already i.i.d. functions of (seed, index): no shuffle needed.
         ds = grain.MapDataset.source(_synthetic_source(scfg.task, seed=seed, bos_id=tok.bos_id))
         answer_only = getattr(scfg.task, "answer_only_loss", True)
-        ds = ds.repeat(cfg.num_epochs).map(
-            functools.partial(packing.mqar_lm_example, answer_only_loss=answer_only))
+        ds = ds.repeat(cfg.num_epochs)
+        if n_shards > 1:
+            ds = ds[shard::n_shards]
+        ds = ds.map(functools.partial(packing.mqar_lm_example, answer_only_loss=answer_only))
         rows = packing.pack_first_fit(ds.to_iter_dataset(_read_options(cfg)), cfg.seq_len,
-                                      num_bins=cfg.packing_bins, seed=seed)
+                                      num_bins=cfg.packing_bins, seed=local_seed)
     else:
         docs = open_document_source(scfg, "train")
         if len(docs) == 0:
             raise ValueError(f"source {k} ({scfg.kind}, {scfg.paths}) has no training documents")
         ds = grain.MapDataset.source(docs).shuffle(seed=seed).repeat(cfg.num_epochs)
+        if n_shards > 1:
+            # Positions s, s+S, ... of the (per-epoch reshuffled) order: within every epoch the
+            # shards partition the documents; only this shard's documents are ever read.
+            ds = ds[shard::n_shards]
         ds = ds.filter(_has_text)
         ds = ds.map(functools.partial(packing.encode_document, tokenizer=tok))
         rows = packing.pack_concat_then_split(ds.to_iter_dataset(_read_options(cfg)), cfg.seq_len)
     rows = rows.map(functools.partial(packing.finalize_row, pad_id=tok.pad_id))
     if cfg.shuffle_window > 1:
         rows = grain.experimental.WindowShuffleIterDataset(
-            rows, window_size=cfg.shuffle_window, seed=_source_seed(cfg.seed, k, 1))
+            rows, window_size=cfg.shuffle_window,
+            seed=_source_seed(cfg.seed, k, 1) if n_shards == 1 else _source_seed(local_seed, k, 1))
     return rows
 
 
@@ -174,29 +204,103 @@ class _TakeRows:
         return {k: v[self.start:self.stop] for k, v in batch.items()}
 
 
+def shard_assignment(num_shards: int, process_index: int, process_count: int
+                     ) -> tuple[list[int], int, int]:
+    """(shards this process reads, rows [start, stop) it keeps of each shard's batch slice as a
+    fraction: start/stop are in units of 1/`share` of the slice, share) - see the module
+    docstring. Raises if S and P are neither multiples nor divisors of each other."""
+    s, p = num_shards, process_count
+    if s % p == 0:
+        per = s // p
+        return list(range(process_index * per, (process_index + 1) * per)), 0, 1
+    if p % s == 0:
+        share = p // s
+        return [process_index // share], process_index % share, share
+    raise ValueError(f"DataConfig.num_shards={s} and process_count={p}: one must be a multiple of "
+                     "the other (set data.num_shards to the number of processes or a multiple)")
+
+
+def _shard_batches(cfg: DataConfig, shard: int, tok) -> grain.IterDataset:
+    per_source = [_source_rows(cfg, k, tok, shard) for k in range(len(cfg.sources))]
+    if len(per_source) == 1:
+        rows = per_source[0]
+    else:
+        rows = grain.IterDataset.mix(per_source, [s.weight for s in cfg.sources])
+    return rows.batch(cfg.batch_size // cfg.num_shards, drop_remainder=True)
+
+
+class _ShardsIterator(grain.DatasetIterator):
+    """Next batch of every owned shard, concatenated (and sliced when shards are shared);
+    state keyed by shard id so it can be merged across processes and split again."""
+
+    def __init__(self, parents: dict[int, grain.DatasetIterator], num_shards: int,
+                 take: _TakeRows | None):
+        super().__init__(list(parents.values()))
+        self._shards = parents
+        self._num_shards = num_shards
+        self._take = take
+
+    def __next__(self):
+        parts = [next(it) for it in self._shards.values()]
+        batch = parts[0] if len(parts) == 1 else {
+            k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        return self._take(batch) if self._take is not None else batch
+
+    def get_state(self) -> dict:
+        return {"num_shards": self._num_shards,
+                "shards": {str(s): it.get_state() for s, it in self._shards.items()}}
+
+    def set_state(self, state: dict) -> None:
+        if not isinstance(state, dict) or "shards" not in state:
+            raise ValueError("data iterator state has no 'shards' entry (saved by another "
+                             "version of the pipeline?)")
+        if int(state.get("num_shards", -1)) != self._num_shards:
+            raise ValueError(f"data iterator state was saved with num_shards="
+                             f"{state.get('num_shards')} but data.num_shards={self._num_shards}")
+        missing = [s for s in self._shards if str(s) not in state["shards"]]
+        if missing:
+            raise ValueError(f"data iterator state lacks shards {missing} "
+                             f"(it holds {sorted(state['shards'], key=int)})")
+        for s, it in self._shards.items():
+            it.set_state(packing.restore_json_state(state["shards"][str(s)]))
+
+
+class _ShardsDataset(grain.IterDataset):
+    def __init__(self, parents: dict[int, grain.IterDataset], num_shards: int,
+                 take: _TakeRows | None):
+        super().__init__(list(parents.values()))
+        self._shard_parents = parents
+        self._num_shards = num_shards
+        self._take = take
+
+    def __iter__(self) -> _ShardsIterator:
+        return _ShardsIterator({s: iter(d) for s, d in self._shard_parents.items()},
+                               self._num_shards, self._take)
+
+
 def make_train_dataset(cfg: DataConfig, *, process_index: int | None = None,
                        process_count: int | None = None, tokenizer=None) -> grain.IterDataset:
     """The training pipeline as a grain IterDataset of local batches [B_local, T]."""
     tok = tokenizer if tokenizer is not None else load_tokenizer(cfg.tokenizer)
     pi, pc = _resolve_processes(process_index, process_count, cfg.batch_size)
-    per_source = [_source_rows(cfg, k, tok) for k in range(len(cfg.sources))]
-    if len(per_source) == 1:
-        rows = per_source[0]
-    else:
-        rows = grain.IterDataset.mix(per_source, [s.weight for s in cfg.sources])
-    batches = rows.batch(cfg.batch_size, drop_remainder=True)
-    if pc > 1:
-        local = cfg.batch_size // pc
-        batches = batches.map(_TakeRows(pi * local, (pi + 1) * local))
-    return batches
+    shards, part, share = shard_assignment(cfg.num_shards, pi, pc)
+    take = None
+    if share > 1:
+        local = cfg.batch_size // cfg.num_shards // share
+        if local * share * cfg.num_shards != cfg.batch_size:
+            raise ValueError(f"global batch_size={cfg.batch_size} does not split into "
+                             f"{cfg.num_shards} shards x {share} processes per shard")
+        take = _TakeRows(part * local, (part + 1) * local)
+    return _ShardsDataset({s: _shard_batches(cfg, s, tok) for s in shards}, cfg.num_shards, take)
 
 
 class TrainIterator(grain.DatasetIterator):
     """The pipeline's grain iterator, with a state that survives JSON.
 
-    ``get_state()`` returns grain's state dict; ``set_state`` also accepts it
-    after ``json.loads(json.dumps(state))`` (what grain.checkpoint /
-    Orbax store), see ``packing.restore_json_state`` for why that needs care.
+    ``get_state()`` returns ``{"num_shards", "shards": {shard: grain state}}``; ``set_state``
+    also accepts it after ``json.loads(json.dumps(state))`` (what grain.checkpoint /
+    Orbax store), see ``packing.restore_json_state`` for why that needs care, and accepts
+    a state holding more shards than this process reads (the merge over processes).
     """
 
     def __init__(self, inner: grain.DatasetIterator):
@@ -209,7 +313,7 @@ class TrainIterator(grain.DatasetIterator):
         return self._parent.get_state()
 
     def set_state(self, state: dict) -> None:
-        self._parent.set_state(packing.restore_json_state(state))
+        self._parent.set_state(state)
 
 
 def make_train_iterator(cfg: DataConfig, *, process_index: int | None = None,

@@ -1,0 +1,59 @@
+"""The plan against XLA: `jet-jax plan`'s per-device memory for the 7B student vs what XLA's
+`memory_analysis()` reports for the real train step (`train.train_step.DistillStep`),
+compiled - never run - on abstract shapes on 8 fake CPU devices with the same (1, 8, 1) mesh,
+in the same configuration (float32 parameters, compute and teacher; AdamW; MLP, embeddings
+and norms frozen; no remat; 1 x 512 tokens per device).
+
+The full 28-layer 7B step had not finished compiling after 33 min on this machine's 2 shared
+cores, so the test compiles the 7B student/teacher widths (hidden 3584, MLP 18944, vocab
+152064, 28 query / 4 KV heads, the same JetBlock) with `LAYERS` layers; everything the
+plan computes per layer and per vocabulary row is the same as in the 7B.
+
+Measured (2 layers, 2026-11-30): arguments 1.769 GB = the plan's params + AdamW + teacher
+(exact); XLA's peak 14.7 GB vs the plan's 4.06 GB. The difference is not a formula error
+the plan could fix: the compiled step does not keep the batch sharded. XLA's buffer
+assignment shows the logits of the GLOBAL batch (f32[8, 512, 152064], 2.49 GB, from an
+all-reduce: the head is contracted over its fsdp-sharded hidden dim), the MLP activations
+of the global batch (f32[8, 512, 18944] all-reduces) and the whole all-gathered head
+(f32[3584, 152064], 2.18 GB) on every device. Activation sharding constraints on the
+decoder layers' inputs/outputs and the logits (tried by monkeypatching) lower the peak only
+to 11.2 GB. Until the model's sharding keeps activations batch-sharded (jet_jax/sharding.py,
+jet_jax/model.py), the peak check is an expected failure; the exact part is asserted.
+"""
+
+import jax
+import pytest
+
+from configs.teachers import JET_QWEN2_5_7B, QWEN2_5_7B
+from train.plan import plan_memory, xla_step_memory
+
+MESH = (1, 8, 1)
+SEQ, BATCH = 512, 1
+LAYERS = 2
+
+
+@pytest.fixture(scope="module")
+def plan_and_xla():
+    assert jax.device_count() == 8
+    student = JET_QWEN2_5_7B.replace(num_hidden_layers=LAYERS, layer_types=("jet", "attn"))
+    teacher = QWEN2_5_7B.replace(num_hidden_layers=LAYERS, layer_types=("attn",) * LAYERS)
+    xla = xla_step_memory(student, teacher, MESH, batch_per_device=BATCH, seq_len=SEQ,
+                          dtype="float32")
+    plan = plan_memory(student, MESH, batch_per_device=BATCH, seq_len=SEQ, param_dtype="f32",
+                       dtype="f32", teacher=teacher, teacher_dtype="f32", frozen_mlp=True)
+    return plan["bytes"], xla
+
+
+@pytest.mark.slow
+def test_7b_widths_state_bytes_equal_xla_arguments(plan_and_xla):
+    b, xla = plan_and_xla
+    state = b["params"] + b["optimizer"] + b["teacher params"]  # the batch adds 10 kB
+    assert abs(xla["argument"] - state) / xla["argument"] < 0.01, (xla, b)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="the compiled step holds global-batch logits/MLP "
+                   "activations and the gathered head on every device (see module docstring)")
+def test_7b_widths_peak_within_10_percent_of_xla(plan_and_xla):
+    b, xla = plan_and_xla
+    assert abs(xla["peak"] - b["total"]) / xla["peak"] < 0.10, (xla, b)
