@@ -138,3 +138,12 @@ def test_model_with_chunked_attention_equals_reference():
         np.testing.assert_allclose(b, a, **TOL)
     finally:
         attention_op.Q_BLOCK, attention_op.KV_BLOCK = old
+
+
+def test_auto_picks_only_verified_implementations():
+    from jet_jax.ops.attention import choose_implementation
+    assert choose_implementation(4096, 4096, "cpu") == "chunked"
+    assert choose_implementation(1, 4096, "cpu") == "xla"
+    assert choose_implementation(64, 64, "cpu") == "xla"
+    for backend in ("gpu", "cuda", "tpu"):  # nothing but the reference has run there yet
+        assert choose_implementation(4096, 4096, backend) == "xla"

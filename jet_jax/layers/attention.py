@@ -3,7 +3,8 @@
 Segment-aware (packed documents never attend across boundaries). With a cache it continues
 a stream: `attn` layers keep a preallocated KV buffer, `swa` layers a ring buffer of
 `window` slots. Each slot remembers the absolute stream index of its token (-1 = empty or
-padding), so causality, the window and padding are one mask.
+padding), so causality, the window and padding are one mask. The score/softmax math is
+`jet_jax.ops.attention.dot_product_attention` (`implementation=` picks the backend).
 """
 
 from __future__ import annotations
@@ -17,19 +18,6 @@ from jet_jax.layers.norms import RMSNorm
 from jet_jax.layers.rope import apply_rope
 from jet_jax.ops.attention import dot_product_attention
 from jet_jax.sharding import partitioned
-
-NEG_INF = -1e30
-
-
-def attention_scores_softmax(q, k, v, mask, scale):
-    """Dense reference kept for callers of the old helper (jet_jax.ops.attention holds the op).
-
-    q: [B, Tq, KV, G, D], k/v: [B, Tk, KV, D], mask: [B, Tq, Tk] -> [B, Tq, KV, G, D]."""
-    s = jnp.einsum("bqngd,bknd->bngqk", q, k, preferred_element_type=jnp.float32) * scale
-    s = jnp.where(mask[:, None, None], s, NEG_INF)
-    p = jax.nn.softmax(s, axis=-1)
-    p = jnp.where(mask[:, None, None].any(-1, keepdims=True), p, 0.0)
-    return jnp.einsum("bngqk,bknd->bqngd", p.astype(v.dtype), v)
 
 
 class Attention(nnx.Module):
