@@ -29,7 +29,7 @@ from flax import nnx
 
 from jet_jax.commands.bench import CPU_STUDENT, CPU_TEACHER
 from jet_jax.config import ModelConfig
-from jet_jax.generation import PaddedBatch, _prefill_chunk, decode_step, prefill
+from jet_jax.generation import PaddedBatch, prefill_step, decode_step, prefill
 from jet_jax.model import JetNemotronForCausalLM, stack_layers
 
 MODES = {"before": dict(scan=False, attention="xla"), "after": dict(scan=True, attention="auto")}
@@ -52,7 +52,7 @@ def _i32(*shape):
 def _prefill_lowered(model, chunk, max_len, dtype):
     graphdef, state = nnx.split(model)
     cache = jax.eval_shape(lambda: model.init_cache(1, max_len, dtype))
-    return _prefill_chunk.lower(graphdef, state, _i32(1, chunk), _i32(1, chunk), _i32(1, chunk), cache,
+    return prefill_step.lower(graphdef, state, _i32(1, chunk), _i32(1, chunk), _i32(1, chunk), cache,
                                 jax.ShapeDtypeStruct((1,), bool))
 
 
@@ -105,7 +105,7 @@ def prefill_tok_s(model, context, chunk, dtype=jnp.float32, seed=0):
     batch = PaddedBatch(ids, np.ones_like(ids), np.arange(context, dtype=np.int32)[None],
                         np.array([context], np.int32))
     warm = model.init_cache(1, context, dtype)  # compile on a throwaway cache
-    jax.block_until_ready(_prefill_chunk(graphdef, state, jnp.asarray(ids[:, :c]), jnp.ones((1, c), jnp.int32),
+    jax.block_until_ready(prefill_step(graphdef, state, jnp.asarray(ids[:, :c]), jnp.ones((1, c), jnp.int32),
                                          jnp.arange(c, dtype=jnp.int32)[None], warm, jnp.ones((1,), bool)))
     del warm
     cache = jax.block_until_ready(model.init_cache(1, context, dtype))

@@ -117,7 +117,11 @@ def _reset_unstarted(cache, layer_types, started, runs=None):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("cache",))
-def _prefill_chunk(graphdef, state, ids, segment_ids, positions, cache, started):
+def prefill_step(graphdef, state, ids, segment_ids, positions, cache, started):
+    """One jitted prefill chunk: ids/segment_ids/positions [B, C] -> (last logits [B, V], cache).
+
+    `started` [B] marks rows whose prompt has begun (left padding before it resets their
+    linear states)."""
     model = nnx.merge(graphdef, state)
     logits, cache = forward_last(model, ids, segment_ids, positions, cache)
     cache = _reset_unstarted(cache, model.cache_layer_types(), started, model.cache_runs())
@@ -133,7 +137,7 @@ def _choose(logits, i, done, seed_key, sampling, stop_tokens, pad_id):
     return tok, done | jnp.isin(tok, stop_tokens)
 
 
-def _feed(model, tok, positions, cache):
+def feed_tokens(model, tok, positions, cache):
     """Feed tokens [B] at RoPE positions [B]: (next logits [B, V], cache)."""
     seg = jnp.ones_like(tok)[:, None]
     return forward_last(model, tok[:, None], seg, positions[:, None], cache)
@@ -156,7 +160,7 @@ def _decode_loop(graphdef, state, logits, cache, positions, seed_key, stop_token
         out = jax.lax.dynamic_update_slice_in_dim(out, tok[:, None], i, axis=1)
         # No forward after the last token (or once every row has stopped).
         more = (i + 1 < max_new_tokens) & ~jnp.all(done)
-        logits, cache = jax.lax.cond(more, lambda: _feed(model, tok, pos, cache),
+        logits, cache = jax.lax.cond(more, lambda: feed_tokens(model, tok, pos, cache),
                                      lambda: (logits, cache))
         return i + 1, logits, cache, out, done, pos + 1
 
@@ -173,14 +177,14 @@ def _decode_one(graphdef, state, i, logits, cache, done, positions, seed_key, st
     """One step of `_decode_loop` (the streaming path): the same tokens as the loop."""
     model = nnx.merge(graphdef, state)
     tok, done = _choose(logits, i, done, seed_key, sampling, stop_tokens, pad_id)
-    logits, cache = _feed(model, tok, positions, cache)
+    logits, cache = feed_tokens(model, tok, positions, cache)
     return tok, done, logits, cache
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("cache",))
 def decode_step(graphdef, state, tokens, positions, cache):
     """One jitted [B, 1] decode step (no sampling): (logits [B, V], new cache). For benchmarks."""
-    return _feed(nnx.merge(graphdef, state), tokens, positions, cache)
+    return feed_tokens(nnx.merge(graphdef, state), tokens, positions, cache)
 
 
 # ---------------------------------------------------------------------------------------
@@ -205,7 +209,7 @@ def prefill(model, batch: PaddedBatch, cache, *, chunk_size: int | None = None,
     for s in range(0, p, c):
         sl = slice(s, s + c)
         seen |= batch.segment_ids[:, sl].any(axis=1)
-        logits, cache = _prefill_chunk(graphdef, state, jnp.asarray(batch.ids[:, sl]),
+        logits, cache = prefill_step(graphdef, state, jnp.asarray(batch.ids[:, sl]),
                                        jnp.asarray(batch.segment_ids[:, sl]),
                                        jnp.asarray(batch.positions[:, sl]), cache,
                                        jnp.asarray(seen))

@@ -149,12 +149,12 @@ def _decode_n(graphdef, state, tokens, positions, cache, n):
     import jax.numpy as jnp
     from flax import nnx
 
-    from jet_jax.generation import _feed
+    from jet_jax.generation import feed_tokens
     model = nnx.merge(graphdef, state)
 
     def body(_, carry):
         tok, pos, cache = carry
-        logits, cache = _feed(model, tok, pos, cache)
+        logits, cache = feed_tokens(model, tok, pos, cache)
         return jnp.argmax(logits, -1).astype(jnp.int32), pos + 1, cache
 
     return jax.lax.fori_loop(0, n, body, (tokens, positions, cache))
@@ -180,7 +180,7 @@ def measure(model, name: str, context: int, *, budget_bytes: float, max_batch: i
     import numpy as np
     from flax import nnx
 
-    from jet_jax.generation import PaddedBatch, _prefill_chunk, prefill
+    from jet_jax.generation import PaddedBatch, prefill_step, prefill
 
     dtype_bytes = jnp.dtype(cache_dtype).itemsize
     graphdef, state = nnx.split(model)
@@ -196,7 +196,7 @@ def measure(model, name: str, context: int, *, budget_bytes: float, max_batch: i
     # Prefill: compile + warm up on one chunk with a throwaway cache, then time the whole
     # prompt (best of `repeats`; the last run's cache is the one decoded from).
     warm = model.init_cache(1, max_len, cache_dtype)
-    out = _prefill_chunk(graphdef, state, jnp.asarray(ids[:, :chunk]), jnp.ones((1, chunk), jnp.int32),
+    out = prefill_step(graphdef, state, jnp.asarray(ids[:, :chunk]), jnp.ones((1, chunk), jnp.int32),
                          jnp.arange(chunk, dtype=jnp.int32)[None], warm, jnp.ones((1,), bool))
     jax.block_until_ready(out)
     del warm, out

@@ -33,7 +33,10 @@ def make_mixer(cfg: ModelConfig, layer_type: str, *, rngs: nnx.Rngs, dtype, para
                          f"{', '.join(MIXERS)}")
     kw = dict(num_heads=cfg.jet.num_heads, head_dim=cfg.jet.head_dim)
     kw.update(cfg.zoo_kwargs(layer_type))
-    return MIXERS[layer_type](cfg.hidden_size, rngs=rngs, dtype=dtype, param_dtype=param_dtype, **kw)
+    # The model's linear-attention choice reaches zoo blocks too, so a block comparison runs
+    # every candidate with the same selection rule (blocks without a Pallas kernel reject it).
+    return MIXERS[layer_type](cfg.hidden_size, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
+                              implementation=gdr_implementation, **kw)
 
 
 class DecoderLayer(nnx.Module):
