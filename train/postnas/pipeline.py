@@ -19,6 +19,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from jax.experimental.compilation_cache import compilation_cache
 
 from train.postnas import stages
 from train.postnas.config import PostNASConfig
@@ -33,11 +34,40 @@ def _device() -> str:
     return f"{d.platform} ({d.device_kind}), {len(jax.devices())} device(s)"
 
 
+def _enable_compilation_cache(out: Path) -> None:
+    """Final seeds and timing rounds rebuild the same jitted programs (a new train step per
+    run); XLA's persistent cache (in <output_dir>/xla_cache unless the user set one)
+    compiles each program once."""
+    if jax.config.jax_compilation_cache_dir:
+        return
+    jax.config.update("jax_compilation_cache_dir", str((out / "xla_cache").absolute()))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    compilation_cache.reset_cache()  # re-read the settings at the next compilation
+
+
+def eval_rows(results: dict) -> list[dict]:
+    """The final table in plain numbers: teacher, then each placement's mean over seeds
+    (with `<task>_se`)."""
+    T = results["teacher"]
+    rows = [{"model": "teacher (all attention)", "layer_types": ",".join(T["layer_types"]),
+             **T["scores"], "objective": T["objective"]}]
+    k = results["budget"]
+    for name, rec in results["finals"]["placements"].items():
+        if "same_as" in rec:
+            rows.append({"model": f"{name} (k={k}) = {rec['same_as']}",
+                         "layer_types": ",".join(rec["layer_types"])})
+            continue
+        rows.append({"model": f"{name} (k={k})", "layer_types": ",".join(rec["layer_types"]),
+                     **rec["mean"], **{f"{t}_se": v for t, v in rec["se"].items()}})
+    return rows
+
+
 def pipeline(cfg: PostNASConfig) -> dict:
     """Run every stage; returns the results dict (also written to results.json)."""
     t_start = time.perf_counter()
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    _enable_compilation_cache(out)
     (out / "postnas_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     names = ["teacher", "super-network", "placement search",
              *(["block selection"] if cfg.run_blocks else []),
@@ -95,6 +125,7 @@ def pipeline(cfg: PostNASConfig) -> dict:
         "layer_types": finals["searched"]["layer_types"],
         "timings": timings, "total_seconds": time.perf_counter() - t_start,
     }
+    results["eval"] = eval_rows(results)
     path = out / RESULTS_FILE
     path.write_text(json.dumps(results, indent=2, default=_json_default))
     report = write_report(path)
