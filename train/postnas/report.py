@@ -377,7 +377,8 @@ def write_report(results_path: str | os.PathLike) -> Path:
                     f"each candidate's verdict against the baseline (objective difference "
                     f"beyond {H['k']:g} SE; speed CI above / below 1). A candidate replaces the "
                     f"baseline only if it is measurably better on one and not measurably worse "
-                    f"on the other.")
+                    f"on the other. The objective's SE is the eval-set sampling error of one "
+                    f"training run: run-to-run (seed) variation is not in it.")
         rep.table(hrows)
         rep.text(f"\n**Decision: {H['decision']} -> {H['best']['shape']}** ({H['reason']}). "
                  f"{len(H['rejected'])} grid points rejected for cache size.")

@@ -274,7 +274,8 @@ def stage_finals(cfg: PostNASConfig, teacher, sup, placements: dict, block: str,
                 student = build_student(teacher, ch, block, seed=cfg.seed + s, **shape_kw)
             else:
                 student = extract_subnet(sup, lt)
-            before = suite.score(student)
+            if s == 0 or shape_kw:  # from the super-network every seed starts identical
+                before = suite.score(student)
             student, hist = train_supernet(student, teacher, train_data(cfg, seed_offset=1 + s),
                                            None, final_cfg)
             scores, se = suite.score_with_se(student)
