@@ -175,7 +175,7 @@ def test_hardware_search_fixed_cache_and_timed_throughput(teacher, suite, traine
     sup, _ = trained
     refs = {"all_linear": suite.score(sup, np.full(4, LINEAR)),
             "all_attn": suite.score(sup, np.full(4, ATTN))}
-    hs = HardwareSearchConfig(cache_tolerance=0.05, max_candidates=1)
+    hs = HardwareSearchConfig(cache_tolerance=0.05, max_candidates=1, timing_max_rounds=1)
     kept, rejected = candidate_grid(teacher.config, "jet", hs)
     base = kept[0]["state_bytes"]
     assert all(abs(k["state_bytes"] - base) / base <= 0.05 for k in kept)

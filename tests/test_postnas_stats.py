@@ -39,7 +39,7 @@ def test_noisy_equal_timings_keep_the_baseline_after_repeating():
         {0: _timer(1e-3, 4e-4, 0, log=calls), 1: _timer(1e-3, 4e-4, 1, log=calls)}, 0,
         thresholds=(1.0, 0.95), precision=0.01, max_rounds=4)
     assert len(calls) == 2 * 4, "unresolved timings must be repeated up to max_rounds"
-    assert len(times[0]) == len(times[1]) == 4 * 32
+    assert len(times[0]) == len(times[1]) == 4 and all(len(t) == 32 for t in times[0].values())
     rows = _rows()
     res = decide(rows, times, throughput_slack=0.05)
     assert res["best"] is rows[0] and res["decision"] == "baseline kept (tie)"
@@ -51,7 +51,7 @@ def test_clearly_faster_candidate_is_picked_and_timing_stops_early():
     times = stats.time_until_resolved(
         {0: _timer(1e-3, 5e-5, 0, log=calls), 1: _timer(5e-4, 2e-5, 1, log=calls)}, 0,
         thresholds=(1.0, 0.95), precision=0.01, max_rounds=4)
-    assert len(calls) == 2  # resolved after one round
+    assert len(calls) == 2 * 2  # resolved after two rounds (one round gives no interval)
     rows = _rows()
     res = decide(rows, times, throughput_slack=0.05)
     assert res["best"] is rows[1] and res["decision"] == "candidate wins"
@@ -60,14 +60,28 @@ def test_clearly_faster_candidate_is_picked_and_timing_stops_early():
 
 def test_objective_difference_within_noise_keeps_the_baseline():
     """The old failure: a candidate 0.0004 better on the objective (SE 0.05) won."""
-    same = {0: list(np.full(32, 1e-3)), 1: list(np.full(32, 1e-3))}
+    const = lambda t: {0: list(np.full(32, t)), 1: list(np.full(32, t))}  # two rounds
+    same = {0: const(1e-3), 1: const(1e-3)}
     rows = _rows((0.1000, 0.1004))
     assert decide(rows, same, throughput_slack=0.05)["best"] is rows[0]
     rows = _rows((0.10, 0.40))  # 0.3 > 2 * sqrt(2) * 0.05: a real accuracy win
     assert decide(rows, same, throughput_slack=0.05)["best"] is rows[1]
-    slow = {0: list(np.full(32, 1e-3)), 1: list(np.full(32, 2e-3))}
+    slow = {0: const(1e-3), 1: const(2e-3)}
     rows = _rows((0.10, 0.40))  # more accurate but measurably beyond the slack: not chosen
     assert decide(rows, slow, throughput_slack=0.05)["best"] is rows[0]
+
+
+def test_one_slow_phase_does_not_decide():
+    """The demo's failure mode: the baseline's only timing round fell in a slow phase of the
+    shared machine (4.5x slower). Paired rounds: the phase hits both sides of a round."""
+    rng = np.random.default_rng(0)
+    load = [4.5, 1.0, 1.3, 1.0]  # machine slowdown during each round
+    times = {0: {i: list(load[i] * rng.normal(1e-3, 2e-5, 32)) for i in range(4)},
+             1: {i: list(load[i] * rng.normal(1e-3, 2e-5, 32)) for i in range(4)}}
+    r, lo, hi = stats.speed_ratio(times[0], times[1])
+    assert lo < 1 < hi and abs(r - 1) < 0.02
+    rows = _rows((0.1, 0.1))
+    assert decide(rows, times, throughput_slack=0.05)["best"] is rows[0]
 
 
 def test_paired_verdicts():

@@ -60,8 +60,9 @@ def objective_error(se: Mapping[str, float], references: Mapping[str, Mapping[st
 def evaluate_architecture(teacher, choice, block: str, *, data: Callable[[], Iterator],
                           suite: TaskSuite, references, train_cfg: SupernetTrainConfig,
                           throughput: ThroughputConfig, jet=None, zoo=None, seed: int = 0,
-                          log=None) -> tuple[dict, object, list[dict]]:
-    """Train one architecture with the shared recipe and measure it.
+                          log=None, measure_decode: bool = True) -> tuple[dict, object, list[dict]]:
+    """Train one architecture with the shared recipe and measure it (decode speed: one
+    timing round, unless `measure_decode` is False - the caller times it).
 
     Returns (row, trained student, training history); row has block, per-task scores,
     objective, train/decode tokens/s, cache bytes, parameter count.
@@ -72,8 +73,9 @@ def evaluate_architecture(teacher, choice, block: str, *, data: Callable[[], Ite
     student, hist = train_supernet(student, teacher, data(), None, train_cfg)
     train_s = time.perf_counter() - t0
     scores, se = suite.score_with_se(student)
-    dec = tp.measure_decode_throughput(student, batch_size=throughput.batch_size,
-                                       context=throughput.context, steps=throughput.steps)
+    dec = (tp.measure_decode_throughput(student, batch_size=throughput.batch_size,
+                                        context=throughput.context, steps=throughput.steps)
+           if measure_decode else {"decode_tokens_per_s": float("nan"), "step_seconds": []})
     row = {"block": block, **scores, "objective": objective(scores, references),
            "objective_se": objective_error(se, references), "se": se,
            "step_seconds": list(dec.get("step_seconds", ())),

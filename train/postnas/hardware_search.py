@@ -15,11 +15,13 @@ fixed and grids over (heads H, key dim dk, value dim dv) of the chosen block:
    (`block_selection.evaluate_architecture`: task scores with their eval-set standard
    errors, objective +- SE), and its decode step time is measured on the current device
    (`throughput.measure_decode_throughput`, per-step times);
-4. timings are repeated in interleaved rounds (baseline and every unresolved candidate)
-   until each candidate's speed ratio to the baseline (mean baseline step time / mean
-   candidate step time, 95% CI) is resolved against the thresholds 1 and 1 - slack, or its
-   CI is narrower than `timing_precision`, or `timing_max_rounds` is reached
-   (`stats.time_until_resolved`);
+4. timings are repeated in rounds, each timing the baseline and then every unresolved
+   candidate, until each candidate's speed ratio to the baseline (per round: median
+   baseline step time / median candidate step time, so a slow phase of a shared machine
+   hits both; 95% t interval across rounds) is resolved against the thresholds 1 and
+   1 - slack, or its CI is narrower than `timing_precision`, or `timing_max_rounds` is
+   reached (`stats.time_until_resolved`). One round gives no interval: the per-step times
+   of one round are not independent (they share the machine's load at that moment);
 5. decide (`decide`): a candidate replaces the baseline only if it is measurably better on
    one axis and not measurably worse on the other - objective higher by more than
    `k` SE of the difference with a speed ratio whose CI lies above 1 - slack, or speed ratio
@@ -127,23 +129,26 @@ def candidate_grid(cfg, block: str, hs: HardwareSearchConfig) -> tuple[list[dict
     return kept, rejected
 
 
-def decide(rows: list[dict], times: dict[int, list[float]] | None = None, *,
+def decide(rows: list[dict], times: dict[int, dict[int, list[float]]] | None = None, *,
            throughput_slack: float, k: float = 2.0) -> dict:
     """Annotate `rows` (rows[0] = baseline; each with objective, objective_se) with the
     comparison to the baseline and choose one (module doc, step 5).
 
-    times: {row index: per-step decode times}; defaults to each row's "step_seconds".
+    times: {row index: {round: per-step decode times}} (`stats.time_until_resolved`);
+    defaults to each row's "step_seconds" as a single round.
     Returns {"best": chosen row, "decision": "baseline kept (tie)" | "candidate wins",
     "reason": one sentence}.
     """
-    times = times if times is not None else {i: r["step_seconds"] for i, r in enumerate(rows)}
+    if times is None:
+        times = {i: {0: r["step_seconds"]} for i, r in enumerate(rows)}
     base = rows[0]
     floor = 1 - throughput_slack
     base_t = times[0]
     for i, r in enumerate(rows):
-        mean_t = float(np.mean(times[i]))
+        all_t = [t for rnd in times[i].values() for t in rnd]
+        mean_t = float(np.mean(all_t))
         r["decode_tokens_per_s"] = r.get("batch_size", 1) / mean_t if mean_t > 0 else float("nan")
-        r["timed_steps"] = len(times[i])
+        r["timed_steps"], r["timing_rounds"] = len(all_t), len(times[i])
         if i == 0:
             r.update(speed_ratio=1.0, speed_ratio_lo=1.0, speed_ratio_hi=1.0, objective_diff=0.0,
                      objective_diff_se=0.0, accuracy="baseline", speed="baseline",
@@ -196,7 +201,7 @@ def hardware_search(teacher, choice, block: str, *, data: Callable[[], Iterator]
         h, dk, dv = cand["shape"]
         row, student, _ = evaluate_architecture(
             teacher, choice, block, data=data, suite=suite, references=references,
-            train_cfg=train_cfg, throughput=throughput, seed=seed,
+            train_cfg=train_cfg, throughput=throughput, seed=seed, measure_decode=False,
             **shape_overrides(cfg, block, cand["shape"]))
         if base_cache is None:
             base_cache = row["cache_bytes"]
@@ -218,13 +223,14 @@ def hardware_search(teacher, choice, block: str, *, data: Callable[[], Iterator]
             steps=throughput.steps)["step_seconds"]
 
     rounds = bar(desc="hardware search: timing rounds", total=hs.timing_max_rounds, unit="round")
-    first = {i: r.pop("step_seconds") for i, r in enumerate(rows)}
+    for r in rows:
+        r.pop("step_seconds")
     times = stats.time_until_resolved(
-        {i: measure(i) for i in range(len(rows))}, 0, initial=first,
+        {i: measure(i) for i in range(len(rows))}, 0,
         thresholds=(1.0, 1.0 - hs.throughput_slack), precision=hs.timing_precision,
         max_rounds=hs.timing_max_rounds, on_round=lambda n, pending: rounds.update(1))
     rounds.close()
-    n_rounds = max(1, round(len(times[0]) / max(1, throughput.steps)))
+    n_rounds = len(times[0])
     result = decide(rows, times, throughput_slack=hs.throughput_slack, k=hs.k)
     for r in rows:
         log(f"  {r['shape']}: decode {r['decode_tokens_per_s']:.1f} tok/s, speed x "

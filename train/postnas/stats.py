@@ -46,28 +46,48 @@ def paired_comparison(a: Sequence[float], b: Sequence[float], *, higher_is_bette
             "verdict": verdict(diff, se, higher_is_better=higher_is_better, k=k)}
 
 
-def ratio_ci(num: Sequence[float], den: Sequence[float], z: float = 1.96) -> tuple[float, float, float]:
-    """mean(num) / mean(den) with a normal-approximation CI (delta method on two independent
-    means): (ratio, low, high)."""
-    mn, sn = mean_se(num)
-    md, sd = mean_se(den)
-    r = mn / md
-    rel = math.sqrt((sn / mn) ** 2 + (sd / md) ** 2) if not (math.isnan(sn) or math.isnan(sd)) \
-        else float("inf")
-    return r, r * (1 - z * rel), r * (1 + z * rel)
+# Two-sided 95% Student-t critical values by degrees of freedom (few rounds, few seeds).
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+        9: 2.262, 10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}
 
 
-def speed_ratio(base_times: Sequence[float], cand_times: Sequence[float], z: float = 1.96):
-    """Candidate speed relative to the baseline (> 1: faster) from per-step times:
-    mean(base) / mean(cand), with its CI."""
-    return ratio_ci(base_times, cand_times, z)
+def t95(df: int) -> float:
+    """Two-sided 95% t critical value (the table's next smaller df; 1.96 beyond 30)."""
+    if df < 1:
+        return float("inf")
+    if df > 30:
+        return 1.96
+    return _T95[max(k for k in _T95 if k <= df)]
 
 
-def timing_resolved(base_times, cand_times, thresholds: Sequence[float], precision: float,
-                    z: float = 1.96) -> bool:
+def speed_ratio(base_rounds: Mapping[int, Sequence[float]],
+                cand_rounds: Mapping[int, Sequence[float]]) -> tuple[float, float, float]:
+    """Candidate decode speed relative to the baseline (> 1: faster), paired by round.
+
+    Each round times the baseline and the candidate back to back, so a slow phase of a
+    shared machine hits both; per round, r = median(base step times) / median(candidate
+    step times). Returns (geometric mean of r, 95% CI low, high) from the t interval of
+    log r across rounds; with one round the CI is (0, inf): one round decides nothing.
+    """
+    rounds = sorted(set(base_rounds) & set(cand_rounds))
+    logs = [math.log(float(np.median(base_rounds[i])) / float(np.median(cand_rounds[i])))
+            for i in rounds]
+    if not logs:
+        return float("nan"), 0.0, float("inf")
+    m, se = mean_se(logs)
+    if len(logs) < 2:
+        return math.exp(m), 0.0, float("inf")
+    h = t95(len(logs) - 1) * se
+    return math.exp(m), math.exp(m - h), math.exp(m + h)
+
+
+def timing_resolved(base_rounds, cand_rounds, thresholds: Sequence[float],
+                    precision: float) -> bool:
     """True when more timing cannot change the decision: the speed ratio's CI lies on one
     side of every threshold, or its half-width is below `precision` (relative)."""
-    r, lo, hi = speed_ratio(base_times, cand_times, z)
+    r, lo, hi = speed_ratio(base_rounds, cand_rounds)
+    if math.isinf(hi):
+        return False
     if (hi - lo) / 2 <= precision * r:
         return True
     return all(lo > t or hi < t for t in thresholds)
@@ -75,27 +95,24 @@ def timing_resolved(base_times, cand_times, thresholds: Sequence[float], precisi
 
 def time_until_resolved(measure: Mapping[str, Callable[[], Sequence[float]]], baseline: str, *,
                         thresholds: Sequence[float], precision: float, max_rounds: int,
-                        z: float = 1.96, initial: Mapping[str, Sequence[float]] | None = None,
                         on_round: Callable[[int, list[str]], None] | None = None
-                        ) -> dict[str, list[float]]:
+                        ) -> dict[str, dict[int, list[float]]]:
     """Per-step decode times of every candidate, measured in rounds.
 
     measure: {name: callable returning one round's per-step times (s)}; `baseline` is one of
-    the names. Round 1 times everyone; each further round times the baseline and every
-    candidate not yet `timing_resolved` against it (interleaved, so slow phases of a shared
-    machine hit both sides), until all are resolved or `max_rounds` is reached.
-    `initial` ({name: per-step times}) counts as round 1 for the names it has.
-    Returns {name: every per-step time measured}.
+    the names. Every round times the baseline and then every candidate not yet
+    `timing_resolved` against it, until all are resolved or `max_rounds` rounds are done.
+    Returns {name: {round: per-step times}}.
     """
-    times: dict[str, list[float]] = {name: list((initial or {}).get(name, ())) for name in measure}
-    pending = [n for n in measure if not times[n]]
+    times: dict[str, dict[int, list[float]]] = {name: {} for name in measure}
+    pending = list(measure)
     for rnd in range(max(1, max_rounds)):
-        if on_round is not None and pending:
+        if on_round is not None:
             on_round(rnd + 1, pending)
         for name in pending:
-            times[name].extend(float(t) for t in measure[name]())
+            times[name][rnd] = [float(t) for t in measure[name]()]
         pending = [n for n in measure if n != baseline and not timing_resolved(
-            times[baseline], times[n], thresholds, precision, z)]
+            times[baseline], times[n], thresholds, precision)]
         if not pending:
             break
         pending = [baseline, *pending]
