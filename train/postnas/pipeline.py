@@ -19,7 +19,6 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from jax.experimental.compilation_cache import compilation_cache
 
 from train.postnas import stages
 from train.postnas.config import PostNASConfig
@@ -32,17 +31,6 @@ RESULTS_FILE = "results.json"
 def _device() -> str:
     d = jax.devices()[0]
     return f"{d.platform} ({d.device_kind}), {len(jax.devices())} device(s)"
-
-
-def _enable_compilation_cache(out: Path) -> None:
-    """Final seeds and timing rounds rebuild the same jitted programs (a new train step per
-    run); XLA's persistent cache (in <output_dir>/xla_cache unless the user set one)
-    compiles each program once."""
-    if jax.config.jax_compilation_cache_dir:
-        return
-    jax.config.update("jax_compilation_cache_dir", str((out / "xla_cache").absolute()))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    compilation_cache.reset_cache()  # re-read the settings at the next compilation
 
 
 def eval_rows(results: dict) -> list[dict]:
@@ -67,7 +55,7 @@ def pipeline(cfg: PostNASConfig) -> dict:
     t_start = time.perf_counter()
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _enable_compilation_cache(out)
+    stages.enable_compilation_cache(out)
     (out / "postnas_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     names = ["teacher", "super-network", "placement search",
              *(["block selection"] if cfg.run_blocks else []),

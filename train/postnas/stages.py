@@ -14,9 +14,11 @@ import dataclasses
 import json
 from pathlib import Path
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
+from jax.experimental.compilation_cache import compilation_cache
 
 from jet_jax.config import JetBlockConfig
 from jet_jax.convert.hf import from_hf, to_hf
@@ -42,6 +44,17 @@ from train.postnas.trainer import SupernetTrainConfig, train_supernet
 
 
 # ----------------------------------------------------------------------------- building blocks
+def enable_compilation_cache(out: Path) -> None:
+    """Final seeds and timing rounds rebuild the same jitted programs (a new train step per
+    run, a new decode step per timing round); XLA's persistent cache (in
+    <output_dir>/xla_cache unless one is already set) compiles each program once."""
+    if jax.config.jax_compilation_cache_dir:
+        return
+    jax.config.update("jax_compilation_cache_dir", str((Path(out) / "xla_cache").absolute()))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    compilation_cache.reset_cache()  # re-read the settings at the next compilation
+
+
 def data_config(cfg: PostNASConfig, seed_offset: int = 0) -> DataConfig:
     mqar = MQARConfig(num_pairs=cfg.mqar_pairs, num_queries=cfg.mqar_queries,
                       token_range=tuple(cfg.mqar_token_range))
@@ -206,6 +219,7 @@ def stage_search(cfg: PostNASConfig, out: Path, teacher, sup, suite=None):
 
 
 def stage_blocks(cfg, out, teacher, choice, refs, suite) -> dict:
+    enable_compilation_cache(out)
     log(f"block selection: {list(cfg.blocks)} in placement {choice.tolist()}, "
         f"{cfg.block_steps} steps each")
     res = select_block(teacher, choice, cfg.blocks, data=lambda: train_data(cfg), suite=suite,
@@ -223,6 +237,7 @@ def stage_blocks(cfg, out, teacher, choice, refs, suite) -> dict:
 
 
 def stage_hardware(cfg, out, teacher, choice, block, refs, suite) -> dict:
+    enable_compilation_cache(out)
     hs = HardwareSearchConfig(cache_tolerance=cfg.cache_tolerance,
                               throughput_slack=cfg.throughput_slack,
                               max_candidates=cfg.hardware_max_candidates,
