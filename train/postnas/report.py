@@ -64,7 +64,7 @@ def markdown_table(rows: Sequence[Mapping], columns: Sequence[str] | None = None
 
 def plot_importance(only: np.ndarray, drop: np.ndarray, tasks: Sequence[str],
                     path: str | os.PathLike, title: str = "",
-                    cbar_labels: Sequence[str] = ("normalized score (0 = all-linear, 1 = all-attention)",
+                    cbar_labels: Sequence[str] = ("normalized score\n(0 all-linear, 1 all-attn)",
                                                   "1 - normalized score")) -> Path:
     """Two task x layer heatmaps: normalized score with only layer i on attention, and the
     drop from all-attention when layer i alone is linear (both in all-linear=0/all-attn=1 units)."""
