@@ -12,5 +12,5 @@ CONFIG = dataclasses.replace(
     supernet_steps=2000, budget=1, beam_width=4,
     eval_lm_batches=8, eval_mqar_batches=16,
     block_steps=300, hardware_steps=300, hardware_max_candidates=6,
-    final_steps=1000,
+    final_steps=1000, final_seeds=5,
 )

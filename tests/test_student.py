@@ -50,9 +50,15 @@ def test_copied_tensors_equal_teacher(teacher):
     np.testing.assert_array_equal(sv[:, 3], tv[:, 1])
     # JetBlock-only tensors use the reference init.
     assert sources[jet + "A_log"] == "init"
-    # w2 = 0: a static depthwise conv (weights b2) at init; w1 random so w2 can learn.
-    np.testing.assert_array_equal(s[jet + "dynamic_conv1d/kernel_generator/w2/kernel"], 0)
-    assert s[jet + "dynamic_conv1d/kernel_generator/w1/kernel"].std() > 0.005
+    # The layer's own generator init: w1 and w2 nonzero (trainable from step 1), mirrored so
+    # that w2 silu(w1 x) = 0, i.e. a static depthwise conv (weights b2) at init.
+    w1 = s[jet + "dynamic_conv1d/kernel_generator/w1/kernel"]
+    w2 = s[jet + "dynamic_conv1d/kernel_generator/w2/kernel"]
+    assert sources[jet + "dynamic_conv1d/kernel_generator/w1/kernel"] == "init"
+    assert np.all(w1 != 0) and np.all(w2 != 0)
+    x = np.random.default_rng(0).normal(size=(5, w1.shape[0])).astype(np.float32)
+    h = x @ w1
+    np.testing.assert_allclose((h / (1 + np.exp(-h))) @ w2, 0, atol=1e-6)
     a = np.exp(s[jet + "A_log"])
     assert np.all((a > 0) & (a <= 16))
 

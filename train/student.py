@@ -19,15 +19,9 @@ shapes line up per head they start from the teacher's weights of the same layer:
 (Teacher biases and Qwen3 q/k norms are dropped: the JetBlock has none. Its q/k then go through
 silu and an L2 norm instead of RoPE, so this is a warm start for the subspaces, not an
 equivalence.) Any projection whose shape does not line up keeps the model's random init
-(normal(initializer_range)), and the JetBlock-only tensors always use the reference init:
-A_log = log U(0, 16), dt_bias = softplus^-1(log-uniform [1e-3, 1e-1]), the kernel generator
-w1 = w2 = 0 with b2 ~ N(0, initializer_range) (a static depthwise conv at init), b/a/g
-projections normal(initializer_range), o_norm weight = 1 - with ONE deliberate change:
-the generator's w1 is drawn from normal(initializer_range) instead of 0. With w1 = w2 = 0
-the point is a saddle: silu(x w1) = 0 makes w2's gradient 0 and w2 = 0 makes w1's gradient
-0, so the convolution could never become dynamic. With w1 random and w2 = 0 the block's
-output at init is exactly the reference init's (a static conv with weights b2), and w2
-receives gradient from the first step.
+(normal(initializer_range)), and the JetBlock-only tensors keep the layer's own init
+(`jet_jax/layers/jet_block.py`: A_log, dt_bias, and a kernel generator that starts as a
+static depthwise conv with weights b2 yet trains from the first step).
 """
 
 from __future__ import annotations
@@ -119,10 +113,6 @@ def student_from_teacher(teacher_model: JetNemotronForCausalLM, layer_types, *,
                                  f"of the same shape (teacher: "
                                  f"{teacher[key].shape if key in teacher else 'missing'})")
             new = (teacher[key], "teacher")
-        if new is None and key.endswith("dynamic_conv1d/kernel_generator/w1/kernel"):
-            rng = np.random.default_rng([seed, int(parts[2])])
-            new = (rng.normal(0.0, scfg.initializer_range, value.shape).astype(np.float32),
-                   "init: normal(initializer_range) (not 0: see module docstring)")
         if new is None:
             sources[key] = "init"
             continue

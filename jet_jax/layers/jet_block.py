@@ -1,7 +1,7 @@
 """JetBlock: gated-delta-rule linear attention with a dynamic causal convolution on V.
 
-Follows section 2 of the Jet-Nemotron paper; submodule names mirror the official
-checkpoint keys (`dynamic_conv1d.kernel_generator.w1`, `o_norm`, ...).
+Submodule names mirror the official checkpoint keys (`dynamic_conv1d.kernel_generator.w1`,
+`o_norm`, ...).
 """
 
 from __future__ import annotations
@@ -19,18 +19,56 @@ from jet_jax.ops.gated_delta_rule import gated_delta_rule, gated_delta_rule_step
 from jet_jax.sharding import logical_param, partitioned
 
 
+def _mirrored_units(init, axis: int, sign: float):
+    """Initializer for a generator weight whose hidden units (along `axis`) come in tied groups.
+
+    Units j and j + n//2 form a pair (with an odd count, the last unit joins pair 0): with
+    sign=+1 (w1) every unit of a group gets the same weights; with sign=-1 (w2) a pair gets
+    (a, -a) and the odd group (a, -a/2, -a/2), so each group's contribution to w2 silu(w1 x)
+    cancels exactly and the sum is 0 (up to float rounding) while no weight is 0.
+    """
+    def f(key, shape, dtype=jnp.float32):
+        n = shape[axis]
+        if n < 2:  # nothing to pair with: this unit starts at 0 (w2) / random (w1)
+            return init(key, shape, dtype) if sign > 0 else jnp.zeros(shape, dtype)
+        half = list(shape)
+        half[axis] = n // 2
+        a = init(key, tuple(half), dtype)
+        twin = a if sign > 0 else -a
+        parts = [a, twin]
+        if n % 2:
+            first = jax.lax.slice_in_dim(a, 0, 1, axis=axis)
+            if sign > 0:
+                parts.append(first)
+            else:  # group (a0, -a0/2, -a0/2): halve the twin of unit 0, the spare takes the rest
+                parts[1] = jnp.concatenate(
+                    [-first / 2, jax.lax.slice_in_dim(twin, 1, n // 2, axis=axis)], axis=axis)
+                parts.append(-first / 2)
+        return jnp.concatenate(parts, axis=axis).astype(dtype)
+    return f
+
+
 class KernelGenerator(nnx.Module):
-    """x: [B, T, D] -> per-token kernels [B, T, V * W] = w2(silu(w1(x)))."""
+    """x: [B, T, D] -> per-token kernels [B, T, V * W] = w2(silu(w1(x))) + b2.
+
+    Init: b2 ~ N(0, init_std), so at init the convolution is a static depthwise conv with
+    weights b2, as in the reference (which zeroes w1 and w2). Zero w1 AND w2 is a saddle:
+    w1's gradient is proportional to w2 and w2's to silu(w1 x), both 0, so the conv could
+    never become dynamic. Here w1 ~ N(0, 1/D) and w2 ~ N(0, init_std) with the hidden units
+    in mirrored pairs (`_mirrored_units`): w2 silu(w1 x) is exactly 0 at init for every x
+    (same block output as the reference init) while every generator weight gets a nonzero
+    gradient; the pairs' gradients are opposite, so the symmetry breaks on the first step.
+    """
 
     def __init__(self, d: int, hidden: int, out: int, *, init_std: float, rngs: nnx.Rngs,
                  dtype, param_dtype):
-        zeros = nnx.initializers.zeros_init()
         common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        # w1 = w2 = 0 at init: the conv starts as a static depthwise conv with weights b2.
-        self.w1 = nnx.Linear(d, hidden, use_bias=False, kernel_init=partitioned(zeros, "embed", "generator"),
-                             **common)
+        w1_init = _mirrored_units(nnx.initializers.normal(1.0 / math.sqrt(d)), axis=1, sign=1.0)
+        w2_init = _mirrored_units(nnx.initializers.normal(init_std), axis=0, sign=-1.0)
+        self.w1 = nnx.Linear(d, hidden, use_bias=False,
+                             kernel_init=partitioned(w1_init, "embed", "generator"), **common)
         self.w2 = nnx.Linear(hidden, out, use_bias=True,
-                             kernel_init=partitioned(zeros, "generator", "conv_taps"),
+                             kernel_init=partitioned(w2_init, "generator", "conv_taps"),
                              bias_init=partitioned(nnx.initializers.normal(init_std), "conv_taps"),
                              **common)
 

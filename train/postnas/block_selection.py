@@ -1,4 +1,4 @@
-"""Linear-attention block selection (reference section 3.2): train each candidate block in the
+"""Linear-attention block selection (Jet-Nemotron paper, section 3.2): train each candidate block in the
 same placement with the same (short) recipe and compare accuracy and measured throughput.
 
 For every block (JetBlock + the zoo: gdn, deltanet, gla, mamba2, retnet) the student is
@@ -23,8 +23,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 
 
 from train.postnas import throughput as tp
-from train.postnas.placement_search import TaskSuite, normalize, objective_of
-from train.postnas.supernet import SuperNetwork, extract_subnet, layer_types_from_choice
+from train.postnas.placement_search import TaskSuite, normalize, objective_of, objective_se
+from train.postnas.progress import bar
+from train.postnas.supernet import (SuperNetwork, count_params, extract_subnet,
+                                    layer_types_from_choice)
 from train.postnas.trainer import SupernetTrainConfig, train_supernet
 
 
@@ -49,11 +51,18 @@ def objective(scores: Mapping[str, float], references: Mapping[str, Mapping[str,
     return objective_of(normalize(scores, lin, att), lin, att, tasks)
 
 
+def objective_error(se: Mapping[str, float], references: Mapping[str, Mapping[str, float]],
+                    tasks: Sequence[str] | None = None) -> float:
+    """Eval-set standard error of `objective` (placement_search.objective_se)."""
+    return objective_se(se, references["all_linear"], references["all_attn"], tasks)
+
+
 def evaluate_architecture(teacher, choice, block: str, *, data: Callable[[], Iterator],
                           suite: TaskSuite, references, train_cfg: SupernetTrainConfig,
                           throughput: ThroughputConfig, jet=None, zoo=None, seed: int = 0,
-                          log=None) -> tuple[dict, object, list[dict]]:
-    """Train one architecture with the shared recipe and measure it.
+                          log=None, measure_decode: bool = True) -> tuple[dict, object, list[dict]]:
+    """Train one architecture with the shared recipe and measure it (decode speed: one
+    timing round, unless `measure_decode` is False - the caller times it).
 
     Returns (row, trained student, training history); row has block, per-task scores,
     objective, train/decode tokens/s, cache bytes, parameter count.
@@ -63,18 +72,20 @@ def evaluate_architecture(teacher, choice, block: str, *, data: Callable[[], Ite
     t0 = time.perf_counter()
     student, hist = train_supernet(student, teacher, data(), None, train_cfg)
     train_s = time.perf_counter() - t0
-    scores = suite.score(student)
-    dec = tp.measure_decode_throughput(student, batch_size=throughput.batch_size,
-                                       context=throughput.context, steps=throughput.steps)
-    from train.postnas.supernet import count_params
+    scores, se = suite.score_with_se(student)
+    dec = (tp.measure_decode_throughput(student, batch_size=throughput.batch_size,
+                                        context=throughput.context, steps=throughput.steps)
+           if measure_decode else {"decode_tokens_per_s": float("nan"), "step_seconds": []})
     row = {"block": block, **scores, "objective": objective(scores, references),
+           "objective_se": objective_error(se, references), "se": se,
+           "step_seconds": list(dec.get("step_seconds", ())),
            "train_tokens_per_s": hist[-1]["tokens_per_s"] if hist else float("nan"),
            "decode_tokens_per_s": dec["decode_tokens_per_s"],
            "cache_bytes": tp.cache_bytes(student, throughput.batch_size, throughput.context),
            "params": count_params(student), "train_seconds": train_s,
            "final_train_kl": hist[-1].get("kl", float("nan")) if hist else float("nan")}
     log(f"  {block}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items()
-                                    if isinstance(v, float)))
+                                    if isinstance(v, float) and k != "objective_se"))
     return row, student, hist
 
 
@@ -88,7 +99,7 @@ def select_block(teacher, choice, blocks: Sequence[str], *, data: Callable[[], I
     train is reported in its row's "error" and skipped, never silently dropped.
     """
     rows, hists = [], {}
-    for block in blocks:
+    for block in bar(blocks, desc="block selection", unit="block"):
         try:
             row, _, hist = evaluate_architecture(
                 teacher, choice, block, data=data, suite=suite, references=references,

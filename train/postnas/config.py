@@ -75,10 +75,14 @@ class PostNASConfig:
     hardware_max_candidates: int = 3
     cache_tolerance: float = 0.05
     throughput_slack: float = 0.05
+    timing_precision: float = 0.05    # repeat decode timings until the speed-ratio CI is this narrow...
+    timing_max_rounds: int = 4        # ... or this many rounds
+    verdict_k: float = 2.0            # a difference is a win/loss beyond verdict_k standard errors
     # final distillation of the chosen architecture (and of the uniform baseline)
     final_steps: int = 200
     final_lr: float = 3e-3
     final_train_attention: bool = True
+    final_seeds: int = 3              # each final placement distilled with this many seeds
     # decode throughput measurement
     decode_batch: int = 1
     decode_context: int = 256

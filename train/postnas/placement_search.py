@@ -1,4 +1,4 @@
-"""Full-attention placement search on a trained super-network (reference section 3.1).
+"""Full-attention placement search on a trained super-network (Jet-Nemotron paper, section 3.1).
 
 Every candidate is a choice vector int32 [L] (0 linear, 1 attn, 2 swa) evaluated *on the
 trained super-network* (no retraining) on several tasks, each scored separately:
@@ -48,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from train.postnas.progress import bar
 from train.postnas.supernet import ATTN, LINEAR, SWA, SuperNetwork, layer_types_from_choice
 
 NORMALIZED_RANGE = (-5.0, 5.0)
@@ -73,13 +74,28 @@ def _logits(graphdef, state, choice, batch):
 
 @jax.jit
 def _lm_stats(logits, batch, teacher_logits):
-    """(sum CE, sum KL(teacher || model), token count) over loss_mask."""
+    """Per row [B]: (sum CE, sum KL(teacher || model), token count) over loss_mask."""
     logp = jax.nn.log_softmax(logits, -1)
     mask = batch["loss_mask"].astype(jnp.float32)
     ce = -jnp.take_along_axis(logp, batch["targets"][..., None], -1)[..., 0]
     logq = jax.nn.log_softmax(teacher_logits, -1)
     kl = jnp.sum(jnp.exp(logq) * (logq - logp), -1)
-    return jnp.sum(ce * mask), jnp.sum(kl * mask), jnp.sum(mask)
+    return jnp.sum(ce * mask, -1), jnp.sum(kl * mask, -1), jnp.sum(mask, -1)
+
+
+def _ratio_and_se(num: np.ndarray, den: np.ndarray) -> tuple[float, float]:
+    """sum(num) / sum(den) and its standard error, rows as the sampling unit (ratio
+    estimator: SE = sqrt(sum((num - r den)^2) / (n (n - 1))) / mean(den)); NaN SE if n < 2."""
+    keep = den > 0
+    num, den = np.asarray(num, np.float64)[keep], np.asarray(den, np.float64)[keep]
+    n = len(den)
+    if n == 0:
+        return float("nan"), float("nan")
+    r = float(num.sum() / den.sum())
+    if n < 2:
+        return r, float("nan")
+    se = math.sqrt(float(np.sum((num - r * den) ** 2)) / (n * (n - 1))) / float(den.mean())
+    return r, se
 
 
 @jax.jit
@@ -202,27 +218,39 @@ class TaskSuite:
 
     def score(self, model, choice=None) -> dict[str, float]:
         """{task: raw score} of `model` (super-network + choice [L], or plain model)."""
+        return self.score_with_se(model, choice)[0]
+
+    def score_with_se(self, model, choice=None) -> tuple[dict[str, float], dict[str, float]]:
+        """({task: raw score}, {task: its standard error from the finite eval set}).
+
+        Scores are token-level (lm_loss, kl: mean per target token; mqar, copy: fraction of
+        answer tokens right; mc: fraction of items right). The SE treats eval rows as the
+        independent units (answers in one row are correlated), items for mc.
+        """
         graphdef, state = nnx.split(model)
         c = None if choice is None else jnp.asarray(np.asarray(choice, np.int32))
         out: dict[str, float] = {}
+        se: dict[str, float] = {}
         if self.lm_batches:
-            ce = kl = n = 0.0
+            rows = []
             for i, b in enumerate(self.lm_batches):
                 logits = _logits(graphdef, state, c, b)
                 tl = self.teacher_logits[i] if self.teacher_logits is not None else logits
-                s_ce, s_kl, s_n = _lm_stats(logits, b, tl)
-                ce, kl, n = ce + float(s_ce), kl + float(s_kl), n + float(s_n)
-            out["lm_loss"] = ce / max(n, 1.0)
+                rows.append(np.stack([np.asarray(a) for a in _lm_stats(logits, b, tl)]))
+            ce, kl, n = np.concatenate(rows, axis=1)
+            out["lm_loss"], se["lm_loss"] = _ratio_and_se(ce, n)
             if self.teacher_logits is not None:
-                out["kl"] = kl / max(n, 1.0)
+                out["kl"], se["kl"] = _ratio_and_se(kl, n)
         for name, (dev, host) in self.accuracy_tasks.items():
-            correct = total = 0
+            correct, total = [], []
             for b, bn in zip(dev, host):
                 pred = np.asarray(jnp.argmax(_logits(graphdef, state, c, b), -1))
                 mask = np.asarray(bn["loss_mask"]) > 0
-                correct += int(((pred == np.asarray(bn["targets"])) & mask).sum())
-                total += int(mask.sum())
-            out[name] = correct / max(total, 1)
+                correct.append(((pred == np.asarray(bn["targets"])) & mask).sum(-1))
+                total.append(mask.sum(-1))
+            out[name], se[name] = _ratio_and_se(np.concatenate(correct), np.concatenate(total))
+            if math.isnan(out[name]):
+                out[name] = 0.0
         if self.mc is not None:
             batches, index, items = self.mc
             lp = np.concatenate([np.asarray(_seq_logprob(_logits(graphdef, state, c, b), b))
@@ -231,8 +259,9 @@ class TaskSuite:
             for (i, j), v in zip(index, lp[:len(index)]):
                 if i not in best or v > best[i][0]:
                     best[i] = (float(v), j)
-            out["mc"] = float(np.mean([best[i][1] == it.answer for i, it in enumerate(items)]))
-        return out
+            right = np.array([best[i][1] == it.answer for i, it in enumerate(items)], np.float64)
+            out["mc"], se["mc"] = _ratio_and_se(right, np.ones_like(right))
+        return out, se
 
 
 def informative_tasks(ref_linear: Mapping[str, float], ref_attn: Mapping[str, float],
@@ -261,6 +290,21 @@ def objective_of(normalized: Mapping[str, float], ref_linear, ref_attn, tasks=No
         return 0.0
     w = [(weights or {}).get(t, 1.0) for t in use]
     return float(sum(wi * normalized[t] for wi, t in zip(w, use)) / max(sum(w), 1e-12))
+
+
+def objective_se(se: Mapping[str, float], ref_linear, ref_attn, tasks=None,
+                 weights: Mapping[str, float] | None = None) -> float:
+    """Standard error of `objective_of` from the tasks' eval-set SEs (references held fixed):
+    sqrt(sum_t (w_t se_t / span_t)^2) / sum_t w_t over the same tasks (clipping ignored)."""
+    if tasks is None:
+        tasks = [t for t in ref_linear if not (t == "lm_loss" and "kl" in ref_linear)]
+    use = informative_tasks(ref_linear, ref_attn, tasks)
+    if not use:
+        return 0.0
+    w = [(weights or {}).get(t, 1.0) for t in use]
+    var = sum((wi * se.get(t, float("nan")) / (ref_attn[t] - ref_linear[t])) ** 2
+              for wi, t in zip(w, use))
+    return float(math.sqrt(var) / max(sum(w), 1e-12))
 
 
 def normalize(scores: Mapping[str, float], ref_linear: Mapping[str, float],
@@ -359,6 +403,7 @@ class PlacementSearch:
         if unknown:
             raise ValueError(f"objective tasks {sorted(unknown)} are not in the suite {suite.tasks}")
         self.log = log or (lambda msg: None)
+        self._bar = None
         self._cache: dict[tuple[int, ...], dict[str, float]] = {}
         self.ref_linear = self.raw((LINEAR,) * L)
         self.ref_attn = self.raw((ATTN,) * L)
@@ -395,6 +440,8 @@ class PlacementSearch:
             beam = cands[:self.cfg.beam_width]
             self.log(f"  [{label}] round {r + 1}/{rounds} ({CHOICE_CODE[code]}): {len(cands)} "
                      f"candidates, best {list(beam[0].choice)} score {key(beam[0]):.4f}")
+            if self._bar is not None:
+                self._bar.update(1)
         return beam if rounds else sorted(beam, key=lambda c: (-key(c), c.choice))
 
     def importance(self) -> tuple[np.ndarray, np.ndarray]:
@@ -409,6 +456,8 @@ class PlacementSearch:
             c2[i] = LINEAR
             n1 = self.candidate(c1).normalized
             n2 = self.candidate(c2).normalized
+            if self._bar is not None:
+                self._bar.update(1)
             for t, task in enumerate(self.suite.tasks):
                 if task in informative:
                     only[t, i] = n1[task]
@@ -419,6 +468,9 @@ class PlacementSearch:
         cfg = self.cfg
         empty = (LINEAR,) * self.L
         self.log(f"beam search: budget {cfg.budget}, beam {cfg.beam_width}, tasks {self.tasks}")
+        rounds = (cfg.budget + cfg.swa_budget) * (1 + len(self.suite.tasks)) + self.L
+        self._bar = bar(desc="placement search (beam rounds + importance)", total=rounds,
+                        unit="round")
         final = self._beam([empty], ATTN, cfg.budget)
         per_task = {}
         for task in self.suite.tasks:  # each task alone (different tasks, different layers)
@@ -435,6 +487,8 @@ class PlacementSearch:
                    if c.count(ATTN) == n_attn and c.count(SWA) == n_swa]
         ranking.sort(key=lambda c: (-c.objective, c.choice))
         only, drop = self.importance()
+        self._bar.close()
+        self._bar = None
         self.log(f"main beam: {list(final[0].choice)} ({final[0].objective:.4f}); best of "
                  f"{len(ranking)} evaluated: {list(ranking[0].choice)} ({ranking[0].objective:.4f})")
         return SearchResult(

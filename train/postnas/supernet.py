@@ -1,4 +1,4 @@
-"""The PostNAS once-for-all super-network (Jet-Nemotron paper, section 3.1; docs/postnas.md).
+"""The PostNAS once-for-all super-network (Jet-Nemotron paper, section 3.1).
 
 Every layer holds the teacher's full-attention path (copied; trainable or frozen) *and* a
 linear-attention path (JetBlock by default, or any zoo block by name); embeddings, norms and

@@ -72,5 +72,5 @@ def measure_decode_throughput(model, *, batch_size: int = 1, context: int = 256,
         raise RuntimeError(f"decode timing gave {best} s for the fastest step")
     return {"decode_tokens_per_s": batch_size / best, "decode_ms_per_step": 1e3 * best,
             "median_ms_per_step": 1e3 * float(np.median(per_step)),
-            "seconds": float(np.sum(per_step)), "steps": steps, "batch_size": batch_size,
+            "seconds": float(np.sum(per_step)), "step_seconds": per_step, "steps": steps, "batch_size": batch_size,
             "context": context}
