@@ -113,7 +113,6 @@ def test_bad_input_names_the_problem():
 def test_model_with_chunked_attention_equals_reference():
     """Whole model (attn + swa layers, packed documents), full forward and a cached chunked
     prefill: attention_implementation='chunked' (tiny blocks) == 'xla'."""
-    import functools
 
     from flax import nnx
 

@@ -4,7 +4,6 @@ values and gradients; the distill step with `logits_chunk` == without."""
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from flax import nnx
 
 from configs.presets import TINY_QWEN2

@@ -1,7 +1,6 @@
 """The command line as a user meets it: the library/application boundary, the help text, and
 bad input refused with one line before any work (no traceback, nothing written)."""
 
-import json
 import os
 import subprocess
 import sys

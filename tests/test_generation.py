@@ -178,9 +178,9 @@ def test_top_k_filter_and_temperature():
 # ---------------------------------------------------------------------------------------
 
 def test_greedy_matches_transformers_generate(tmp_path):
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     from jet_jax.convert import from_hf
-    from tests.hf_fixtures import tiny_qwen2
+    from tests.hf_fixtures import hf_greedy, tiny_qwen2
 
     hf = tiny_qwen2(tmp_path, seed=5)
     model = from_hf(tmp_path)
@@ -189,12 +189,7 @@ def test_greedy_matches_transformers_generate(tmp_path):
     n_new = 16
     ours = generate(model, prompts, max_new_tokens=n_new)
     for prompt, new in zip(prompts, ours):
-        with torch.no_grad():
-            ref = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                              do_sample=False, max_new_tokens=n_new, min_new_tokens=n_new,
-                              eos_token_id=None, pad_token_id=0)
-        assert ref.shape[1] == len(prompt) + n_new
-        assert prompt + new == ref[0].tolist()
+        assert prompt + new == hf_greedy(hf, prompt, n_new)
 
 
 # ---------------------------------------------------------------------------------------

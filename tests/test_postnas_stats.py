@@ -11,7 +11,6 @@ import copy
 import json
 
 import numpy as np
-import pytest
 
 from train.postnas import stats
 from train.postnas.hardware_search import decide

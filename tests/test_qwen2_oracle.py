@@ -1,13 +1,12 @@
 """Our model loaded from a tiny random transformers Qwen2 must give transformers' logits."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 
 from jet_jax.convert import from_hf
-from tests.hf_fixtures import tiny_qwen2
+from tests.hf_fixtures import assert_loss_gradients_match_torch, tiny_qwen2
 
 CASES = {
     "untied_gqa3": dict(tied=False),
@@ -48,27 +47,6 @@ def test_packed_documents_match_separate_hf_runs(tmp_path):
 def test_loss_gradients_match_transformers(tmp_path):
     """Next-token CE gradients w.r.t. every parameter equal torch autograd through transformers
     (mapped back to HF names with the same key table the converter uses)."""
-    from flax import nnx
-
-    from jet_jax.convert.hf import model_to_hf_tensors
-
     hf = tiny_qwen2(tmp_path, layers=2, heads=4, kv=2, hidden=32, inter=40, vocab=50, seed=5)
     model = from_hf(tmp_path)
-    ids = np.random.default_rng(2).integers(0, 50, size=(2, 21))
-    hf.zero_grad()
-    ref_loss = hf(torch.tensor(ids), labels=torch.tensor(ids)).loss
-    ref_loss.backward()
-    ref = {n: p.grad.numpy() for n, p in hf.named_parameters()}
-
-    def loss_fn(m):
-        logp = jax.nn.log_softmax(m(jnp.asarray(ids))[:, :-1], axis=-1)
-        return -jnp.take_along_axis(logp, jnp.asarray(ids)[:, 1:, None], axis=-1).mean()
-
-    loss, grads = nnx.value_and_grad(loss_fn)(model)
-    np.testing.assert_allclose(float(loss), ref_loss.item(), rtol=1e-5)
-    nnx.update(model, grads)  # the model now holds its gradients: reuse the key table
-    ours = model_to_hf_tensors(model, dtype=jnp.float32)
-    assert set(ours) == set(ref), set(ours) ^ set(ref)
-    for name, g in ref.items():
-        scale = max(np.abs(g).max(), 1e-6)
-        np.testing.assert_allclose(ours[name], g, atol=1e-4 * scale, rtol=0, err_msg=name)
+    assert_loss_gradients_match_torch(hf, model, np.random.default_rng(2).integers(0, 50, size=(2, 21)))

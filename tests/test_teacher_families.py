@@ -4,19 +4,17 @@ the fields that are refused. Tiny random models saved with save_pretrained; floa
 
 import json
 
-import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
 import torch
-from flax import nnx
 from transformers import AutoModelForCausalLM
 
 from jet_jax.config import ModelConfig
 from jet_jax.convert import from_hf, read_hf_tensors, to_hf
-from jet_jax.convert.hf import model_to_hf_tensors
-from tests.hf_fixtures import tiny_llama, tiny_qwen2, tiny_qwen3
+from tests.hf_fixtures import (assert_loss_gradients_match_torch, hf_greedy, tiny_llama, tiny_qwen2,
+                               tiny_qwen3)
 
 LLAMA3 = {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
           "original_max_position_embeddings": 32}
@@ -53,24 +51,7 @@ def test_loss_gradients_match_torch_autograd(tmp_path, name):
     make, kw = CASES[name]
     hf = make(tmp_path, **kw)
     model = from_hf(tmp_path)
-    ids = _ids(hf.config.vocab_size, (2, 21), seed=1)
-    hf.zero_grad()
-    ref_loss = hf(torch.tensor(ids), labels=torch.tensor(ids)).loss
-    ref_loss.backward()
-    ref = {n: p.grad.numpy() for n, p in hf.named_parameters()}
-
-    def loss_fn(m):
-        logp = jax.nn.log_softmax(m(jnp.asarray(ids))[:, :-1], axis=-1)
-        return -jnp.take_along_axis(logp, jnp.asarray(ids)[:, 1:, None], axis=-1).mean()
-
-    loss, grads = nnx.value_and_grad(loss_fn)(model)
-    np.testing.assert_allclose(float(loss), ref_loss.item(), rtol=1e-5)
-    nnx.update(model, grads)  # the model now holds its gradients: reuse the key table
-    ours = model_to_hf_tensors(model, dtype=jnp.float32)
-    assert set(ours) == set(ref), set(ours) ^ set(ref)
-    for key, g in ref.items():
-        scale = max(np.abs(g).max(), 1e-6)
-        np.testing.assert_allclose(ours[key], g, atol=1e-4 * scale, rtol=0, err_msg=key)
+    assert_loss_gradients_match_torch(hf, model, _ids(hf.config.vocab_size, (2, 21), seed=1))
 
 
 @pytest.mark.parametrize("name", ["llama_llama3", "qwen3_untied"])
@@ -84,11 +65,7 @@ def test_greedy_generation_matches_transformers(tmp_path, name):
     n_new = 12
     ours = generate(model, prompts, max_new_tokens=n_new)
     for prompt, new in zip(prompts, ours):
-        with torch.no_grad():
-            ref = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                              do_sample=False, max_new_tokens=n_new, min_new_tokens=n_new,
-                              eos_token_id=None, pad_token_id=0)
-        assert prompt + new == ref[0].tolist()
+        assert prompt + new == hf_greedy(hf, prompt, n_new)
 
 
 # Fields of the source config.json the model understands: a round trip keeps them all.
