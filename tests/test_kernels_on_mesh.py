@@ -47,11 +47,11 @@ def _compiled_step(monkeypatch, wrap: bool):
 
     def rec_gdr(q, *a, **kw):
         seen["gdr"].append(q.shape)
-        return gdr(q, *a, **kw)
+        return gdr(q, *a, **kw, interpret="plain")  # the generic interpreter compiles faster
 
     def rec_conv(x, *a, **kw):
         seen["conv"].append(x.shape)
-        return conv(x, *a, **kw)
+        return conv(x, *a, **kw, interpret="plain")
 
     monkeypatch.setattr(pgdr, "gated_delta_rule_pallas", rec_gdr)
     monkeypatch.setattr(pconv, "dynamic_causal_conv_pallas", rec_conv)
@@ -75,7 +75,10 @@ def _compiled_step(monkeypatch, wrap: bool):
     return hlo, seen, JET.num_heads
 
 
-@pytest.mark.parametrize("wrap", [True, False], ids=["per_device", "control_unwrapped"])
+# The control (kernels called on the global operands, as before) shows the assertion can fail;
+# it compiles the step once more (~25 s on the shared CPU), so it is in the slow run.
+@pytest.mark.parametrize("wrap", [pytest.param(True, id="per_device"),
+                                  pytest.param(False, id="control_unwrapped", marks=pytest.mark.slow)])
 def test_sharded_distill_step_gathers_no_activation_for_kernels(monkeypatch, wrap):
     hlo, seen, heads = _compiled_step(monkeypatch, wrap)
     full_batch = [s for s in _gathered_shapes(hlo) if re.search(rf"\[{GLOBAL_B}[,\]]", s)]
