@@ -23,6 +23,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jet_jax.ops.shard_map_kernel import kernel_mesh
 from train.config import LossSection, OptimizerSection
 from train.flat_model import FlatModel
 from train.losses import distill_loss
@@ -148,16 +149,18 @@ class DistillStep:
     # ---------------------------------------------------------------- math
     def _forward(self, flat: FlatModel, params, batch, hidden: bool, head: bool = True):
         model = flat.merge(params)
-        return model(batch["input_ids"], batch["segment_ids"], batch["positions"],
-                     return_hidden_states=hidden, head=head)
+        with kernel_mesh(self.mesh):  # Pallas kernels run per device, not on gathered operands
+            return model(batch["input_ids"], batch["segment_ids"], batch["positions"],
+                         return_hidden_states=hidden, head=head)
 
     def _loss_forward(self, flat: FlatModel, params, batch, hidden: bool):
         """The outputs the loss reads; with `logits_chunk`, final hidden states + the head."""
         if not self.logits_chunk:
             return self._forward(flat, params, batch, hidden), None
         model = flat.merge(params)
-        out = model(batch["input_ids"], batch["segment_ids"], batch["positions"],
-                    return_hidden_states=hidden, head=False)
+        with kernel_mesh(self.mesh):
+            out = model(batch["input_ids"], batch["segment_ids"], batch["positions"],
+                        return_hidden_states=hidden, head=False)
         return out, model.logits_from_hidden
 
     def _loss(self, student_out, teacher_out, batch, heads=None):

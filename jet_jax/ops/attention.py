@@ -36,6 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jet_jax.ops.shard_map_kernel import call_per_shard
+
 __all__ = ["dot_product_attention", "IMPLEMENTATIONS", "VERIFIED"]
 
 IMPLEMENTATIONS = ("auto", "xla", "chunked", "cudnn", "splash")
@@ -252,7 +254,12 @@ def dot_product_attention(q, k, v, *, q_positions=None, kv_positions=None, q_seg
             raise ValueError(f"attention(implementation={implementation!r}) supports self-attention "
                              "with default positions only; use 'chunked' with a cache")
         if implementation == "splash":
-            return _splash(q, k, v, q_segment_ids, kv_segment_ids, window, scale, splash_interpret)
+            # per device under a mesh (batch over data/fsdp, heads over tensor): no gather. k/v
+            # heads share the name "heads" so q and kv heads split together (GQA groups stay whole).
+            bthd, bt = ("batch", None, "heads", None), ("batch", None)
+            kernel = lambda q, k, v, qs, ks: _splash(q, k, v, qs, ks, window, scale, splash_interpret)
+            return call_per_shard(kernel, (q, k, v, q_segment_ids, kv_segment_ids),
+                                  (bthd, bthd, bthd, bt, bt), bthd)
         if q_segment_ids is not None:
             raise ValueError("attention(implementation='cudnn') takes no segment ids (only right "
                              "padding via key_value_seq_lengths); use 'chunked' or 'splash'")

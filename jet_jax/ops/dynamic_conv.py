@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from jet_jax.ops.backend import select_pallas
+from jet_jax.ops.shard_map_kernel import call_per_shard
 from jet_jax.ops.segments import document_index
 
 __all__ = ["dynamic_causal_conv", "dynamic_causal_conv_step"]
@@ -124,9 +125,16 @@ def dynamic_causal_conv(
         fn = select_pallas("dynamic_causal_conv", "pallas_kernels.dynamic_conv", "dynamic_causal_conv_pallas",
                            implementation)
         if fn is not None:
-            return fn(
-                x, kernels, segment_ids=segment_ids, conv_state=conv_state,
+            # per device under a mesh (batch over data/fsdp, channels over tensor): no gather
+            kernel = lambda x, kernels, seg, state: fn(
+                x, kernels, segment_ids=seg, conv_state=state,
                 output_final_state=output_final_state, activation=activation,
+            )
+            btc, bcw = ("batch", None, "heads"), ("batch", "heads", None)
+            return call_per_shard(
+                kernel, (x, kernels, segment_ids, conv_state),
+                (btc, ("batch", None, "heads", None), ("batch", None), bcw),
+                (btc, bcw) if output_final_state else btc,
             )
     return _reference(x, kernels, segment_ids, conv_state, output_final_state, activation)
 

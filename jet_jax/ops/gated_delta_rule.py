@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from jet_jax.ops.backend import select_pallas
+from jet_jax.ops.shard_map_kernel import call_per_shard
 from jet_jax.ops.segments import document_index as _doc_index
 
 __all__ = ["gated_delta_rule", "gated_delta_rule_step", "CHUNK_SIZE"]
@@ -298,9 +299,16 @@ def gated_delta_rule(
     if implementation in ("auto", "pallas"):
         fn = select_pallas("gated_delta_rule", "pallas_kernels.gdr", "gated_delta_rule_pallas", implementation)
         if fn is not None:
-            return fn(
-                q, k, v, g, beta, scale=scale, initial_state=initial_state, output_final_state=output_final_state,
-                segment_ids=segment_ids, use_qk_l2norm=use_qk_l2norm,
+            # per device under a mesh (batch over data/fsdp, heads over tensor): no gather
+            kernel = lambda q, k, v, g, beta, h0, seg: fn(
+                q, k, v, g, beta, scale=scale, initial_state=h0, output_final_state=output_final_state,
+                segment_ids=seg, use_qk_l2norm=use_qk_l2norm,
+            )
+            bthd, bth = ("batch", None, "heads", None), ("batch", None, "heads")
+            return call_per_shard(
+                kernel, (q, k, v, g, beta, initial_state, segment_ids),
+                (bthd, bthd, bthd, bth, bth, ("batch", "heads", None, None), ("batch", None)),
+                (bthd, ("batch", "heads", None, None) if output_final_state else None),
             )
         implementation = "chunked"
     impl = _recurrent if implementation == "recurrent" else _chunked

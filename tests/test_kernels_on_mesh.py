@@ -1,0 +1,190 @@
+"""Pallas kernels under a (data, fsdp, tensor) mesh run per device (shard_map), not on
+gathered operands: the sharded distill step's compiled HLO has no all-gather to the global
+batch, the kernels see per-device shapes, and the wrapped kernels equal the unwrapped ones.
+
+Kernels run in the Pallas interpreter on the 8 fake CPU devices (tests/conftest.py)."""
+
+import contextlib
+import functools
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import jet_jax.ops.shard_map_kernel as smk
+import pallas_kernels.dynamic_conv as pconv
+import pallas_kernels.gdr as pgdr
+import train.train_step as train_step
+from configs.presets import TINY_QWEN2
+from jet_jax.config import JetBlockConfig, hybrid_layer_types
+from jet_jax.layers.jet_block import JetBlock
+from jet_jax.model import JetNemotronForCausalLM
+from jet_jax.ops.attention import dot_product_attention
+from jet_jax.ops.dynamic_conv import dynamic_causal_conv
+from jet_jax.ops.gated_delta_rule import gated_delta_rule
+from jet_jax.sharding import make_mesh
+from train.config import LossSection, OptimizerSection
+from train.flat_model import FlatModel
+from train.student import student_from_teacher
+
+JET = JetBlockConfig(num_heads=4, head_dim=16, expand_v=1.0, conv_size=4, dconv_generator_reduction=8)
+LAYERS = hybrid_layer_types(4, attn=(1,), swa=(2,))
+LOSS = LossSection(kl_weight=1.0, ce_weight=0.5, mse_weight=0.1)
+GLOBAL_B, T = 24, 32  # 24: no parameter of the tiny models has a dim of that size
+
+
+def _gathered_shapes(hlo: str) -> list[str]:
+    return re.findall(r"= (\S+) all-gather\(", hlo)
+
+
+def _compiled_step(monkeypatch, wrap: bool):
+    """Compile the 8-device distill step with Pallas GDR + conv; record the kernels' shapes."""
+    seen = {"gdr": [], "conv": []}
+    gdr, conv = pgdr.gated_delta_rule_pallas, pconv.dynamic_causal_conv_pallas
+
+    def rec_gdr(q, *a, **kw):
+        seen["gdr"].append(q.shape)
+        return gdr(q, *a, **kw, interpret="plain")  # the generic interpreter compiles faster
+
+    def rec_conv(x, *a, **kw):
+        seen["conv"].append(x.shape)
+        return conv(x, *a, **kw, interpret="plain")
+
+    monkeypatch.setattr(pgdr, "gated_delta_rule_pallas", rec_gdr)
+    monkeypatch.setattr(pconv, "dynamic_causal_conv_pallas", rec_conv)
+    if not wrap:  # the control: the step as it was before the kernels ran per device
+        monkeypatch.setattr(train_step, "kernel_mesh", lambda mesh: contextlib.nullcontext())
+    teacher = JetNemotronForCausalLM(TINY_QWEN2, rngs=nnx.Rngs(1))
+    student = student_from_teacher(teacher, LAYERS, jet=JET, window_size=8, seed=0)
+    for _, m in nnx.iter_modules(student):
+        if isinstance(m, JetBlock):
+            m.gdr_implementation = m.conv_implementation = "pallas"
+    sf, tf = FlatModel(student), FlatModel(teacher)
+    ds = train_step.DistillStep(sf, tf, OptimizerSection(lr=1e-2, warmup_steps=0), LOSS,
+                                make_mesh((2, 2, 2)), 10)
+    tp = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      tf.params(teacher), ds.teacher_shardings)
+    dtypes = {"input_ids": jnp.int32, "segment_ids": jnp.int32, "positions": jnp.int32,
+              "targets": jnp.int32, "loss_mask": jnp.float32}
+    batch = {k: jax.ShapeDtypeStruct((GLOBAL_B, T), d, sharding=ds.batch_shardings[k])
+             for k, d in dtypes.items()}
+    hlo = ds._step.lower(ds.abstract_state(), tp, batch).compile().as_text()
+    return hlo, seen, JET.num_heads
+
+
+# The control (kernels called on the global operands, as before) shows the assertion can fail;
+# it compiles the step once more (~25 s on the shared CPU), so it is in the slow run.
+@pytest.mark.parametrize("wrap", [pytest.param(True, id="per_device"),
+                                  pytest.param(False, id="control_unwrapped", marks=pytest.mark.slow)])
+def test_sharded_distill_step_gathers_no_activation_for_kernels(monkeypatch, wrap):
+    hlo, seen, heads = _compiled_step(monkeypatch, wrap)
+    full_batch = [s for s in _gathered_shapes(hlo) if re.search(rf"\[{GLOBAL_B}[,\]]", s)]
+    assert seen["gdr"] and seen["conv"]
+    if wrap:
+        # data*fsdp = 4 shards the batch, tensor = 2 the heads / value channels.
+        assert {s[0] for s in seen["gdr"]} == {GLOBAL_B // 4}, seen["gdr"]
+        assert {s[2] for s in seen["gdr"]} == {heads // 2}, seen["gdr"]
+        assert {s[0] for s in seen["conv"]} == {GLOBAL_B // 4}, seen["conv"]
+        assert {s[2] for s in seen["conv"]} == {JET.num_heads * JET.head_dim // 2}, seen["conv"]
+        assert full_batch == [], full_batch
+    else:
+        # Without shard_map the kernels get global operands, gathered to the whole batch:
+        # the check above can fail.
+        assert {s[0] for s in seen["gdr"]} == {GLOBAL_B}
+        assert full_batch, "control: expected all-gathers to the global batch"
+
+
+# ---------------------------------------------------------------- numerics of the wrapper
+
+def _mesh():
+    return make_mesh((2, 2, 2))
+
+
+def _rand(key, shape, scale=1.0):
+    return scale * jax.random.normal(key, shape, jnp.float32)
+
+
+def test_gdr_per_device_equals_unwrapped_values_and_grads():
+    B, t, H, D = 4, 24, 4, 16
+    ks = jax.random.split(jax.random.key(0), 6)
+    q, k, v = (_rand(ks[i], (B, t, H, D)) for i in range(3))
+    g = -jax.nn.softplus(_rand(ks[3], (B, t, H)))
+    beta = jax.nn.sigmoid(_rand(ks[4], (B, t, H)))
+    h0 = _rand(ks[5], (B, H, D, D), 0.1)
+    seg = jnp.asarray(np.repeat([[1] * 10 + [2] * 14], B, 0), jnp.int32)
+    kernel = functools.partial(pgdr.gated_delta_rule_pallas, interpret="plain")
+
+    def loss(mesh, q, k, v, g, beta, h0):
+        with smk.kernel_mesh(mesh):
+            o, s = gated_delta_rule(q, k, v, g, beta, initial_state=h0, output_final_state=True,
+                                    segment_ids=seg, implementation="pallas")
+        return jnp.sum(o * o) + jnp.sum(s), (o, s)
+
+    import unittest.mock as mock
+    with mock.patch.object(pgdr, "gated_delta_rule_pallas", kernel):
+        args = (q, k, v, g, beta, h0)
+        (_, (o_ref, s_ref)), g_ref = jax.jit(jax.value_and_grad(
+            functools.partial(loss, None), argnums=range(6), has_aux=True))(*args)
+        hlo = jax.jit(functools.partial(loss, _mesh())).lower(*args).as_text()
+        (_, (o, s)), gr = jax.jit(jax.value_and_grad(
+            functools.partial(loss, _mesh()), argnums=range(6), has_aux=True))(*args)
+    assert "manual" in hlo.lower()  # the shard_map is really there
+    np.testing.assert_allclose(o, o_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(s, s_ref, rtol=1e-5, atol=1e-5)
+    for a, b in zip(gr, g_ref):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_conv_per_device_equals_unwrapped():
+    B, t, C, W = 4, 20, 32, 4
+    x = _rand(jax.random.key(1), (B, t, C))
+    kern = _rand(jax.random.key(2), (B, t, C, W), 0.3)
+    state = _rand(jax.random.key(3), (B, C, W))
+    kernel = functools.partial(pconv.dynamic_causal_conv_pallas, interpret="plain")
+
+    def run(mesh, x, kern, state):
+        with smk.kernel_mesh(mesh):
+            return dynamic_causal_conv(x, kern, conv_state=state, output_final_state=True,
+                                       activation="silu", implementation="pallas")
+
+    import unittest.mock as mock
+    with mock.patch.object(pconv, "dynamic_causal_conv_pallas", kernel):
+        y_ref, s_ref = jax.jit(functools.partial(run, None))(x, kern, state)
+        y, s = jax.jit(functools.partial(run, _mesh()))(x, kern, state)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(s, s_ref, rtol=1e-6, atol=1e-6)
+
+
+def test_splash_per_device_equals_unwrapped_gqa():
+    B, t, H, KV, D = 4, 40, 4, 2, 16
+    q = _rand(jax.random.key(4), (B, t, H, D))
+    k, v = (_rand(jax.random.key(i), (B, t, KV, D)) for i in (5, 6))
+    seg = jnp.asarray(np.repeat([[0] * 17 + [1] * 23], B, 0), jnp.int32)
+
+    def run(mesh, q, k, v):
+        with smk.kernel_mesh(mesh):
+            return dot_product_attention(q, k, v, q_segment_ids=seg, kv_segment_ids=seg, window=9,
+                                         implementation="splash", splash_interpret=True)
+
+    ref = dot_product_attention(q, k, v, q_segment_ids=seg, kv_segment_ids=seg, window=9,
+                                implementation="xla")
+    out = jax.jit(functools.partial(run, _mesh()))(q, k, v)
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_no_mesh_or_trivial_mesh_calls_kernel_directly():
+    calls = []
+    f = lambda x: calls.append(x.shape) or x * 2
+    x = jnp.ones((4, 3, 2, 5))
+    names = ("batch", None, "heads", None)
+    smk.call_per_shard(f, (x,), (names,), names)
+    with smk.kernel_mesh(make_mesh((1, 1, 1), devices=jax.devices()[:1])):
+        smk.call_per_shard(f, (x,), (names,), names)
+    assert calls == [(4, 3, 2, 5)] * 2
+    # A dim the mesh axes do not divide is not split over them (batch 3 on data*fsdp = 4).
+    with smk.kernel_mesh(_mesh()):
+        out = jax.jit(lambda x: smk.call_per_shard(f, (x,), (names,), names))(jnp.ones((3, 3, 2, 5)))
+    assert calls[-1] == (3, 3, 1, 5) and out.shape == (3, 3, 2, 5)
