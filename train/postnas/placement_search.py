@@ -127,6 +127,7 @@ class MCTask:
     examples: tuple[MCExample, ...]
     requests: tuple[Request, ...]
     batch_size: int = 8
+    pad_multiple: int = 32  # rows are short; the library's default 64 doubles the work
 
 
 def mc_task(examples: Sequence[MCExample], tokenizer, batch_size: int = 8) -> MCTask:
@@ -204,7 +205,8 @@ class TaskSuite:
                 out[name] = 0.0
         if self.mc is not None:
             net = model if choice is None else SubNetwork(model, choice)
-            scored = Scorer(net, batch_size=self.mc.batch_size).score(self.mc.requests)
+            scored = Scorer(net, batch_size=self.mc.batch_size,
+                            pad_multiple=self.mc.pad_multiple).score(self.mc.requests)
             m = multiple_choice_metrics(self.mc.examples, scored)
             right = np.zeros(m["n"])
             right[:round(m["acc_norm"] * m["n"])] = 1.0  # the SE depends on the count only
