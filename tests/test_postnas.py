@@ -3,6 +3,8 @@ deterministic sampling, a placement search whose scores come from the trained su
 block/hardware candidates with measured throughput at a fixed cache size, and the CLI."""
 
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +13,7 @@ from flax import nnx
 
 from configs.presets import TINY_QWEN2
 from jet_jax.config import JetBlockConfig
+from jet_jax.evaluation import MCExample
 from jet_jax.model import JetNemotronForCausalLM
 from train.config import OptimizerSection
 from train.data import MQARConfig
@@ -19,7 +22,7 @@ from train.data.packing import finalize_row, lm_example
 from train.postnas import throughput as tp
 from train.postnas.block_selection import ThroughputConfig, select_block
 from train.postnas.hardware_search import HardwareSearchConfig, candidate_grid, hardware_search
-from train.postnas.placement_search import (MCItem, SearchConfig, TaskSuite, mc_batches,
+from train.postnas.placement_search import (SearchConfig, TaskSuite, mc_task,
                                             search_placement, uniform_placement)
 from train.postnas.sampling import ChoiceSampler, SamplingConfig
 from train.postnas.supernet import (ATTN, LINEAR, SWA, SuperNetwork, extract_subnet,
@@ -159,8 +162,8 @@ def test_placement_search_valid_deterministic_and_from_supernet(trained, suite):
 def test_placement_search_swa_phase_and_mc(trained, suite, teacher, tmp_path):
     sup, _ = trained
     from train.data import ByteTokenizer
-    items = [MCItem("ab", ("c", "dd"), 0), MCItem("x y", ("z", "w", "v"), 2)]
-    mc = (*mc_batches(items, ByteTokenizer(), batch_size=4), items)
+    items = [MCExample("ab", ("c", "dd"), 0), MCExample("x y", ("z", "w", "v"), 2)]
+    mc = mc_task(items, ByteTokenizer(), batch_size=4)
     s2 = TaskSuite(teacher=teacher, lm_batches=suite.lm_batches, mqar_batches=[], mc=mc)
     assert s2.tasks == ["lm_loss", "kl", "mc"]
     r = search_placement(sup, s2, SearchConfig(budget=1, swa_budget=1, beam_width=1))
@@ -169,6 +172,35 @@ def test_placement_search_swa_phase_and_mc(trained, suite, teacher, tmp_path):
     path = r.save_json(tmp_path / "s.json")
     assert path.exists()
     assert uniform_placement(4, 2) == (0, 1, 0, 1) and uniform_placement(6, 2).count(ATTN) == 2
+
+
+def test_mc_score_is_jet_jax_evaluation_on_the_same_model(trained, teacher, tmp_path):
+    """PostNAS's mc task = `jet-jax eval`'s multiple choice: the all-attention sub-network
+    scores like the teacher, a mixed one like its extracted standalone model."""
+    from jet_jax.evaluation import Scorer, multiple_choice, read_mc_jsonl
+    from train.data import ByteTokenizer
+    from train.postnas.placement_search import SubNetwork
+    sup, _ = trained
+    rng = np.random.default_rng(0)
+    words = ["cat", "dog", "a tree", "blue", "seven", "x", "the sea", "on"]
+    lines = [json.dumps({"context": f"q{i} is", "choices": list(rng.choice(words, 3, replace=False)),
+                         "label": int(rng.integers(3))}) for i in range(12)]
+    (tmp_path / "mc.jsonl").write_text("\n".join(lines) + "\n")
+    examples = read_mc_jsonl(tmp_path / "mc.jsonl")
+    tok = ByteTokenizer()
+    task = mc_task(examples, tok, batch_size=4)
+    s = TaskSuite(mc=task)
+    for choice, ref in ((np.full(4, ATTN), teacher),
+                        (np.array([0, 1, 0, 2]), extract_subnet(sup, layer_types_from_choice(
+                            np.array([0, 1, 0, 2]), "jet")))):
+        want = multiple_choice(ref, examples, tok.encode, bos_id=tok.bos_id, batch_size=4,
+                               return_loglikelihoods=True)
+        assert s.score(sup, choice)["mc"] == want["acc_norm"]
+        got = Scorer(SubNetwork(sup, choice), batch_size=4).score(task.requests)
+        lls = np.array([g.logprobs.sum() for g in got]).reshape(len(examples), 3)
+        np.testing.assert_allclose(lls, np.array(want["loglikelihoods"]), rtol=1e-5, atol=1e-5)
+    assert s.score(teacher)["mc"] == multiple_choice(teacher, examples, tok.encode,
+                                                     bos_id=tok.bos_id)["acc_norm"]
 
 
 def test_hardware_search_fixed_cache_and_timed_throughput(teacher, suite, trained, monkeypatch):

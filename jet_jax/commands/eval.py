@@ -48,7 +48,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 def _load_tokenizer(args):
     """The one place this command picks a tokenizer (the library's generate command's
     loader: tokenizer.json when the directory has one, else byte level)."""
-    from jet_jax.commands.generate import load_tokenizer
+    from jet_jax.tokenizer import tokenizer_for_model as load_tokenizer
     for d in (args.tokenizer, args.model, args.teacher):
         if d is not None and (Path(d) / "tokenizer.json").is_file():
             return load_tokenizer(d)

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from jet_jax.evaluation.data import MCExample, TaskFileError
-from jet_jax.evaluation.scoring import Request, Scorer
+from jet_jax.evaluation.scoring import Request, Scored, Scorer
 
 
 def encode_pair(encode: Callable[[str], list[int]], context: str, continuation: str
@@ -52,17 +52,20 @@ def choice_requests(encode, example: MCExample, *, delimiter: str = " ", bos_id:
     return requests
 
 
-def multiple_choice(model, examples: Sequence[MCExample], encode: Callable[[str], list[int]], *,
-                    delimiter: str = " ", bos_id: int | None = None, max_length: int | None = None,
-                    batch_size: int = 4, progress: str | None = None,
-                    return_loglikelihoods: bool = False) -> dict:
-    """{"acc", "acc_norm", "n"} (and "loglikelihoods": one list per example if asked)."""
+def multiple_choice_requests(examples: Sequence[MCExample], encode: Callable[[str], list[int]],
+                             *, delimiter: str = " ", bos_id: int | None = None,
+                             max_length: int | None = None) -> list[Request]:
+    """One request per (example, choice), examples in order, choices in order."""
     if not examples:
         raise TaskFileError("no multiple-choice examples")
-    per_example = [choice_requests(encode, ex, delimiter=delimiter, bos_id=bos_id,
-                                   max_length=max_length) for ex in examples]
-    flat = [r for rs in per_example for r in rs]
-    scored = iter(Scorer(model, batch_size=batch_size).score(flat, progress=progress))
+    return [r for ex in examples for r in choice_requests(encode, ex, delimiter=delimiter,
+                                                            bos_id=bos_id, max_length=max_length)]
+
+
+def multiple_choice_metrics(examples: Sequence[MCExample], scored: Sequence[Scored], *,
+                            return_loglikelihoods: bool = False) -> dict:
+    """{"acc", "acc_norm", "n"} from the scored requests of `multiple_choice_requests`."""
+    scored = iter(scored)
     acc = acc_norm = 0
     lls = []
     for ex in examples:
@@ -75,3 +78,14 @@ def multiple_choice(model, examples: Sequence[MCExample], encode: Callable[[str]
     if return_loglikelihoods:
         out["loglikelihoods"] = lls
     return out
+
+
+def multiple_choice(model, examples: Sequence[MCExample], encode: Callable[[str], list[int]], *,
+                    delimiter: str = " ", bos_id: int | None = None, max_length: int | None = None,
+                    batch_size: int = 4, progress: str | None = None,
+                    return_loglikelihoods: bool = False) -> dict:
+    """{"acc", "acc_norm", "n"} (and "loglikelihoods": one list per example if asked)."""
+    flat = multiple_choice_requests(examples, encode, delimiter=delimiter, bos_id=bos_id,
+                                    max_length=max_length)
+    scored = Scorer(model, batch_size=batch_size).score(flat, progress=progress)
+    return multiple_choice_metrics(examples, scored, return_loglikelihoods=return_loglikelihoods)

@@ -7,10 +7,10 @@ trained super-network* (no retraining) on several tasks, each scored separately:
   * "kl":      KL(teacher || candidate) on the same held-out tokens (lower is better);
   * "mqar":    MQAR retrieval accuracy (answer tokens, argmax; higher is better);
   * "copy":    copying accuracy (second copy of a random span, argmax; higher is better);
-  * "mc":      optional multiple-choice accuracy from a JSONL file of
-               {"question", "choices", "answer"} (answer: index or the choice text),
-               each choice scored by the summed log-likelihood of its tokens given the
-               question (higher is better).
+  * "mc":      optional multiple-choice acc_norm on a JSONL task file of
+               {"context", "choices", "label"}, read and scored by jet_jax.evaluation
+               (the functions of `jet-jax eval`, lm-evaluation-harness's acc_norm;
+               higher is better).
 
 Task scores are put on a common scale with two references evaluated the same way: the
 all-linear network (0) and the all-attention network (1):
@@ -48,6 +48,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jet_jax.evaluation import MCExample, Request, Scorer
+from jet_jax.evaluation.multiple_choice import multiple_choice_metrics, multiple_choice_requests
 from train.postnas.progress import bar
 from train.postnas.supernet import ATTN, LINEAR, SWA, SuperNetwork, layer_types_from_choice
 
@@ -98,90 +100,40 @@ def _ratio_and_se(num: np.ndarray, den: np.ndarray) -> tuple[float, float]:
     return r, se
 
 
-@jax.jit
-def _seq_logprob(logits, batch):
-    """Summed log-likelihood of the targets under loss_mask, per row [B]."""
-    tok = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), batch["targets"][..., None], -1)[..., 0]
-    return jnp.sum(tok * batch["loss_mask"], -1)
-
-
 def _device_batch(batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
     keys = ("input_ids", "segment_ids", "positions", "targets", "loss_mask")
     return {k: jnp.asarray(batch[k]) for k in keys if k in batch}
 
 
 # ----------------------------------------------------------------------------- multiple choice
+class SubNetwork(nnx.Module):
+    """A super-network with a fixed choice vector [L], called like a plain model
+    (`input_ids` [B, T] -> logits [B, T, V]) so jet_jax.evaluation's Scorer can score it.
+    The choice is state, not structure: every choice reuses one compiled forward."""
+
+    def __init__(self, supernet: SuperNetwork, choice):
+        self.supernet = supernet
+        self.config = supernet.config
+        self.choice = nnx.Variable(jnp.asarray(np.asarray(choice, np.int32)))
+
+    def __call__(self, input_ids):
+        return self.supernet(input_ids, self.choice.value)
+
+
 @dataclasses.dataclass(frozen=True)
-class MCItem:
-    question: str
-    choices: tuple[str, ...]
-    answer: int
+class MCTask:
+    """Multiple-choice examples and their requests, tokenized once for every candidate."""
+
+    examples: tuple[MCExample, ...]
+    requests: tuple[Request, ...]
+    batch_size: int = 8
+    pad_multiple: int = 32  # rows are short; the library's default 64 doubles the work
 
 
-def load_mc_jsonl(path: str | os.PathLike) -> list[MCItem]:
-    """Read {"question", "choices", "answer"} lines; answer is an index or one of the choices."""
-    items = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-                q, choices, ans = d["question"], tuple(d["choices"]), d["answer"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ValueError(f"{path}:{n}: expected a JSON object with question, choices, "
-                                 f"answer ({e})") from None
-            if len(choices) < 2:
-                raise ValueError(f"{path}:{n}: need at least 2 choices, got {len(choices)}")
-            if isinstance(ans, str):
-                if ans not in choices:
-                    raise ValueError(f"{path}:{n}: answer {ans!r} is not one of the choices")
-                ans = choices.index(ans)
-            if not 0 <= int(ans) < len(choices):
-                raise ValueError(f"{path}:{n}: answer index {ans} out of range")
-            items.append(MCItem(str(q), tuple(str(c) for c in choices), int(ans)))
-    if not items:
-        raise ValueError(f"{path}: no multiple-choice items")
-    return items
-
-
-def mc_batches(items: Sequence[MCItem], tokenizer, batch_size: int = 8,
-               bucket: int = 32) -> tuple[list[dict[str, np.ndarray]], list[tuple[int, int]]]:
-    """One row per (item, choice): bos + question + " " + choice, loss on the choice tokens.
-
-    Returns (batches of [batch_size, T] rows in train.data row format, row -> (item, choice)).
-    T is the longest row rounded up to `bucket` (one compiled shape).
-    """
-    rows, index = [], []
-    for i, it in enumerate(items):
-        ctx = [tokenizer.bos_id] + list(tokenizer.encode(it.question))
-        for j, c in enumerate(it.choices):
-            cont = list(tokenizer.encode(c if c[:1].isspace() else " " + c))
-            if not cont:
-                raise ValueError(f"multiple-choice item {i}: choice {j} encodes to no tokens")
-            rows.append((ctx, cont))
-            index.append((i, j))
-    t = max(len(a) + len(b) - 1 for a, b in rows)
-    t = int(math.ceil(t / bucket) * bucket)
-    pad = tokenizer.pad_id
-    out = []
-    for s in range(0, len(rows), batch_size):
-        chunk = rows[s:s + batch_size]
-        b = {"input_ids": np.full((batch_size, t), pad, np.int32),
-             "segment_ids": np.zeros((batch_size, t), np.int32),
-             "positions": np.zeros((batch_size, t), np.int32),
-             "targets": np.full((batch_size, t), pad, np.int32),
-             "loss_mask": np.zeros((batch_size, t), np.float32)}
-        for r, (ctx, cont) in enumerate(chunk):
-            ids = np.array(ctx + cont, np.int32)
-            n = len(ids) - 1
-            b["input_ids"][r, :n] = ids[:-1]
-            b["targets"][r, :n] = ids[1:]
-            b["segment_ids"][r, :n] = 1
-            b["positions"][r, :n] = np.arange(n)
-            b["loss_mask"][r, len(ctx) - 1:n] = 1.0
-        out.append(b)
-    return out, index
+def mc_task(examples: Sequence[MCExample], tokenizer, batch_size: int = 8) -> MCTask:
+    """Requests as `jet-jax eval` builds them: bos + context, " " + choice scored."""
+    return MCTask(tuple(examples), tuple(multiple_choice_requests(
+        examples, tokenizer.encode, bos_id=tokenizer.bos_id)), batch_size)
 
 
 # ----------------------------------------------------------------------------- evaluator
@@ -191,7 +143,7 @@ class TaskSuite:
     lm_batches: held-out LM batches ([B, T] rows, train.data format); enables lm_loss and kl.
     mqar_batches: MQAR eval batches (loss_mask at answers); enables mqar.
     copy_batches: copy-task eval batches (loss_mask on the second copy); enables copy.
-    mc: (batches, row_index, items) from `mc_batches`; enables mc.
+    mc: an `MCTask` (see `mc_task`); enables mc.
     teacher: the full-attention model, for "kl" (its logits are computed once here).
     """
 
@@ -200,7 +152,7 @@ class TaskSuite:
         # answer-accuracy tasks: name -> (device batches, host batches)
         self.accuracy_tasks = {name: ([_device_batch(b) for b in bs], list(bs))
                                for name, bs in (("mqar", mqar_batches), ("copy", copy_batches)) if bs}
-        self.mc = None if mc is None else ([_device_batch(b) for b in mc[0]], mc[1], mc[2])
+        self.mc = mc
         self.teacher_logits = None
         if teacher is not None and self.lm_batches:
             gd, st = nnx.split(teacher)
@@ -252,14 +204,12 @@ class TaskSuite:
             if math.isnan(out[name]):
                 out[name] = 0.0
         if self.mc is not None:
-            batches, index, items = self.mc
-            lp = np.concatenate([np.asarray(_seq_logprob(_logits(graphdef, state, c, b), b))
-                                 for b in batches])
-            best: dict[int, tuple[float, int]] = {}
-            for (i, j), v in zip(index, lp[:len(index)]):
-                if i not in best or v > best[i][0]:
-                    best[i] = (float(v), j)
-            right = np.array([best[i][1] == it.answer for i, it in enumerate(items)], np.float64)
+            net = model if choice is None else SubNetwork(model, choice)
+            scored = Scorer(net, batch_size=self.mc.batch_size,
+                            pad_multiple=self.mc.pad_multiple).score(self.mc.requests)
+            m = multiple_choice_metrics(self.mc.examples, scored)
+            right = np.zeros(m["n"])
+            right[:round(m["acc_norm"] * m["n"])] = 1.0  # the SE depends on the count only
             out["mc"], se["mc"] = _ratio_and_se(right, np.ones_like(right))
         return out, se
 

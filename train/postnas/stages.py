@@ -21,6 +21,7 @@ from jax.experimental.compilation_cache import compilation_cache
 from jet_jax.checkpoint_io import load_params, save_params
 from jet_jax.config import JetBlockConfig
 from jet_jax.convert.hf import from_hf, to_hf
+from jet_jax.evaluation import read_mc_jsonl
 from jet_jax.presets import get_preset
 from train.config import LossSection, OptimizerSection
 from train.data import (ByteTokenizer, DataConfig, SourceConfig,
@@ -33,7 +34,7 @@ from train.postnas.config import PostNASConfig
 from train.postnas.hardware_search import (HardwareSearchConfig, hardware_search,
                                            shape_overrides)
 from train.postnas.placement_search import (LOWER_IS_BETTER, SearchConfig, TaskSuite,
-                                            load_mc_jsonl, mc_batches, search_placement,
+                                            mc_task, search_placement,
                                             uniform_placement)
 from train.postnas.progress import bar, log
 from train.postnas.sampling import ChoiceSampler, SamplingConfig
@@ -72,8 +73,7 @@ def task_suite(cfg: PostNASConfig, teacher) -> TaskSuite:
     dc = data_config(cfg)
     mc = None
     if cfg.mc_path:
-        items = load_mc_jsonl(cfg.mc_path)
-        mc = (*mc_batches(items, ByteTokenizer(), batch_size=cfg.batch_size), items)
+        mc = mc_task(read_mc_jsonl(cfg.mc_path), ByteTokenizer(), batch_size=cfg.batch_size)
     copy = [s.copy for s in dc.sources if s.kind == "copy"]
     return TaskSuite(teacher=teacher, lm_batches=make_eval_batches(dc, cfg.eval_lm_batches),
                      mqar_batches=make_mqar_eval_batches(dc, cfg.eval_mqar_batches),
