@@ -70,6 +70,7 @@ def _load(args):
 def run(args: argparse.Namespace) -> int:
     from jet_jax.generation import generate, generate_stream
     from jet_jax.sampling import SamplingConfig
+    from jet_jax.token_ids import TokenIdError, check_prompts
 
     try:
         sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
@@ -88,6 +89,11 @@ def run(args: argparse.Namespace) -> int:
     prompts = [tokenizer.encode(p) for p in args.prompt]
     if any(len(p) == 0 for p in prompts):
         print("jet-jax generate: error: empty prompt", file=sys.stderr)
+        return 1
+    try:  # a tokenizer that does not match the model: one line, before any output
+        check_prompts(prompts, cfg.vocab_size)
+    except TokenIdError as e:
+        print(f"jet-jax generate: error: {e}", file=sys.stderr)
         return 1
     kw = dict(max_new_tokens=args.max_new_tokens, sampling=sampling, stop_tokens=stop,
               seed=args.seed, prefill_chunk_size=args.prefill_chunk)
