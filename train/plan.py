@@ -624,9 +624,9 @@ def scaling_rows(seq_len: int = 4096, batch_per_device: int = 1) -> list[dict]:
 def scaling_markdown(rows: Sequence[dict]) -> str:
     gb = lambda b: f"{b / 1e9:.1f}"  # noqa: E731
     head = ("| teacher | stage | target | mesh d,f,t | params (B) / trainable | params | grads "
-            "| AdamW | teacher | activations | logits + teacher layer | total GB / HBM "
+            "| AdamW | teacher | activations | logits + teacher layer | gathered (FSDP) | total GB / HBM "
             "| tokens/step | step s @peak | step s @40% MFU |")
-    lines = [head, "|" + "---|" * 15]
+    lines = [head, "|" + "---|" * 16]
     for r in rows:
         p, m = r["plan"], r["plan"]["bytes"]
         mesh = ",".join(str(v) for v in p["mesh"].values())
@@ -637,7 +637,8 @@ def scaling_markdown(rows: Sequence[dict]) -> str:
             f"{p['params_total'] / 1e9:.1f} / {p['params_trainable'] / 1e9:.1f} | "
             f"{gb(m['params'])} | {gb(m['grads'])} | {gb(m['optimizer'])} | "
             f"{gb(m['teacher params'])} | {gb(m['activations'])} | "
-            f"{gb(m['logits'] + m['teacher fwd (transient)'])} | {total} | "
+            f"{gb(m['logits'] + m['teacher fwd (transient)'])} | "
+            f"{gb(m['gathered weights (FSDP)'])} | {total} | "
             f"{p['global_batch'] * p['seq_len']:,} | {t['at_peak']:.2f} | {t[f'at_{ASSUMED_MFU:.0%}_mfu']:.2f} |")
     return "\n".join(lines)
 
