@@ -12,7 +12,7 @@ from jet_jax.layers.decoder import DecoderLayer
 ATTENTION_TYPES = ("attn", "swa")  # layers whose decode cache is a KV buffer
 from jet_jax.layers.norms import RMSNorm
 from jet_jax.layers.rope import positions_from_segments
-from jet_jax.sharding import partitioned
+from jet_jax.sharding import constrain, partitioned
 
 
 def make_token_embedding(cfg: ModelConfig, *, rngs: nnx.Rngs, dtype, param_dtype) -> nnx.Embed:
@@ -44,7 +44,13 @@ def output_logits(model, h: jax.Array) -> jax.Array:
         logits = model.model.embed_tokens.attend(h)
     else:
         logits = model.lm_head(h)
-    return logits.astype(jnp.float32)
+    return constrain(logits.astype(jnp.float32), "activation_batch", "activation_length",
+                     "activation_vocab")
+
+
+def _constrain_h(h: jax.Array) -> jax.Array:
+    """The residual stream [B, T, D] stays batch-sharded (under `activation_mesh`)."""
+    return constrain(h, "activation_batch", "activation_length", "activation_embed")
 
 
 def layer_runs(layer_types, scan: bool) -> list[tuple[int, int]]:
@@ -191,12 +197,13 @@ class JetNemotronForCausalLM(nnx.Module):
             if cache is not None:
                 raise ValueError("positions are required when decoding with a cache")
             positions = default_positions(input_ids, segment_ids)
-        h = self.model.embed_tokens(input_ids)
+        h = _constrain_h(self.model.embed_tokens(input_ids))
         hidden = [h]
         new_cache = []
 
         def run_layer(layer, h, positions, segment_ids, layer_cache):
-            return layer(h, positions=positions, segment_ids=segment_ids, cache=layer_cache)
+            h, c = layer(h, positions=positions, segment_ids=segment_ids, cache=layer_cache)
+            return _constrain_h(h), c
 
         if self.remat and cache is None:
             run_layer = nnx.remat(run_layer)
@@ -211,7 +218,7 @@ class JetNemotronForCausalLM(nnx.Module):
             new_cache.append(c)
             if return_hidden_states:
                 hidden.extend(hs)
-        h = self.model.norm(h[:, -1:] if last_only else h)
+        h = _constrain_h(self.model.norm(h[:, -1:] if last_only else h))
         logits = self.logits_from_hidden(h) if head else h
         if cache is not None:
             return logits, new_cache
@@ -239,6 +246,7 @@ class JetNemotronForCausalLM(nnx.Module):
             layer_cache = None if cache is None else jax.tree.map(
                 lambda x: jax.lax.dynamic_index_in_dim(x, i, 0, keepdims=False), cache)
             h, new = layer(h, positions=positions, segment_ids=segment_ids, cache=layer_cache)
+            h = _constrain_h(h)
             if cache is not None:
                 cache = jax.tree.map(lambda x, n: jax.lax.dynamic_update_index_in_dim(x, n, i, 0),
                                      cache, new)

@@ -7,6 +7,8 @@ Parameters are annotated with logical names at construction (placement is deferr
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from typing import Any, Sequence
 
 import jax
@@ -29,7 +31,46 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("generator", None),       # dynamic-conv generator bottleneck
     ("head_scalars", None),    # per-head scalars (A_log, dt_bias, beta/decay projections)
     ("norm", None),
+    # activations (`constrain`): the residual stream stays batch-sharded on every device
+    ("activation_batch", ("data", "fsdp")),
+    ("activation_length", None),
+    ("activation_embed", None),
+    ("activation_vocab", "tensor"),
 )
+
+# The mesh `constrain` pins activations to; set while a step is traced (`activation_mesh`).
+_ACTIVATION_MESH: contextvars.ContextVar[Mesh | None] = contextvars.ContextVar(
+    "jet_jax_activation_mesh", default=None)
+
+
+@contextlib.contextmanager
+def activation_mesh(mesh: Mesh | None):
+    """Within this context, `constrain` pins activations to `mesh` (trace the step inside it)."""
+    token = _ACTIVATION_MESH.set(mesh)
+    try:
+        yield
+    finally:
+        _ACTIVATION_MESH.reset(token)
+
+
+def constrain(x: jax.Array, *names: str | None) -> jax.Array:
+    """Sharding constraint on an activation by logical names (no-op outside `activation_mesh`).
+
+    Without it XLA may keep the global batch of an activation on every device (it did: the
+    logits of an FSDP-sharded head came out of an all-reduce, [global B, T, V] per device).
+    A dim that does not divide its mesh axes is left unconstrained."""
+    mesh = _ACTIVATION_MESH.get()
+    if mesh is None:
+        return x
+    spec = logical_to_mesh_spec(names, LOGICAL_AXIS_RULES, mesh)
+    fixed = []
+    for dim, axes in zip(x.shape, tuple(spec) + (None,) * (x.ndim - len(spec))):
+        ax = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        size = 1
+        for a in ax:
+            size *= mesh.shape[a]
+        fixed.append(axes if ax and dim % size == 0 else None)
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(*fixed)))
 
 
 def partitioned(init, *names: str | None):

@@ -213,3 +213,22 @@ def test_supernet_plan_flops_and_chip_time():
     assert frozen["student_fwd"] == f["student_fwd"] and frozen["student_bwd"] < f["student_bwd"]
     assert full["step_time_s"]["at_peak"] == f["total"] / CHIPS["h100"]["peak_flops"]
     assert full["fits"]
+
+
+def test_gathered_weights_and_logits_chunk():
+    """FSDP gathers: nothing on one device; on fsdp=4 without remat, the student's whole
+    per-layer weights (count_params of the layers) + its tied head [V, D] + the teacher's head
+    and largest layer, all gathered whole (tensor = 1). logits_chunk c: logits for c positions."""
+    one = plan_memory(TINY_JET, (1, 1, 1), batch_per_device=2, seq_len=16, teacher=None)
+    assert one["bytes"]["gathered weights (FSDP)"] == 0
+    d, v = TINY_JET.hidden_size, TINY_JET.vocab_size
+    p = plan_memory(TINY_JET, (1, 4, 1), batch_per_device=2, seq_len=16, param_dtype="f32",
+                    teacher=None)
+    layers_sharded = count_params(TINY_JET) - v * d - unsharded_count(TINY_JET)
+    assert p["bytes"]["gathered weights (FSDP)"] == (v * d + layers_sharded) * 4
+    r = plan_memory(TINY_JET, (1, 4, 1), batch_per_device=2, seq_len=16, param_dtype="f32",
+                    teacher=None, remat=True)
+    assert v * d * 4 < r["bytes"]["gathered weights (FSDP)"] < p["bytes"]["gathered weights (FSDP)"]
+    c = plan_memory(TINY_JET, (1, 1, 1), batch_per_device=2, seq_len=16, teacher=None,
+                    logits_chunk=4)
+    assert c["bytes"]["logits"] * 4 == one["bytes"]["logits"]

@@ -104,8 +104,13 @@ class LossSection:
     ce_weight: float = 0.0
     mse_weight: float = 0.0
     mse_layers: tuple[int, ...] | None = None
+    # > 0: KL/CE computed this many sequence positions at a time from the final hidden
+    # states, so [B, T, vocab] float32 logits never exist whole (train.losses); 0: whole.
+    logits_chunk: int = 0
 
     def __post_init__(self):
+        if self.logits_chunk < 0:
+            raise ConfigError(f"loss.logits_chunk must be >= 0, got {self.logits_chunk}")
         if self.temperature <= 0:
             raise ConfigError(f"loss.temperature must be positive, got {self.temperature}")
         if min(self.kl_weight, self.ce_weight, self.mse_weight) < 0:

@@ -34,7 +34,15 @@ Rows (bytes per device):
               inputs D*a*N per layer plus the largest single layer (recomputed in the backward).
 * logits      float32 logits of the student (+ their log-softmax for the loss): 2*4*vocab/tp*N;
               with a teacher, its logits and probabilities: another 2*4*vocab/tp*N.
+              With --logits-chunk c > 0 (the step's `loss.logits_chunk`: KL/CE over c positions
+              at a time from the final hidden states) N is batch_per_device * min(c, seq_len).
 * teacher fwd transient: the teacher's largest layer (forward only, nothing kept).
+* gathered weights (FSDP, only when a weight is sharded over data/fsdp): a matmul needs its
+              weight whole except for the `tensor` split, so the step all-gathers it. Kept at
+              once: the student's and the teacher's output head [D, V/tp] (gathered once per
+              step for the loss); without --remat every student layer's gathered weights (the
+              backward reads them: they are residuals of the forward), with --remat the largest
+              student layer's; the teacher's largest layer (forward only).
 
 These are estimates (XLA fuses and rematerialises on its own; expect the real peak within
 roughly +-30% for activations); parameter, gradient and optimizer bytes are exact.
@@ -150,6 +158,38 @@ def param_table(cfg: ModelConfig, mesh_shape: Sequence[int], param_dtype,
     return rows
 
 
+def gathered_elements(row: dict, mesh_sizes: dict[str, int]) -> int:
+    """Elements of a parameter once all-gathered over every mesh axis but `tensor` (FSDP)."""
+    n = row["shard_elements"]
+    for axes in row["spec"] or ():
+        for a in ((axes,) if isinstance(axes, str) else tuple(axes or ())):
+            if a != "tensor":
+                n *= mesh_sizes.get(a, 1)
+    return n
+
+
+def gathered_weight_bytes(rows: Sequence[dict], mesh_sizes: dict[str, int], nbytes: int,
+                          all_layers: bool) -> dict[str, int]:
+    """FSDP all-gather transients (see the module docstring): {"head": the output head (or the
+    tied embedding), "layers": every layer's (all_layers) or the largest layer's}."""
+    import re
+    per_layer: dict[str, int] = {}
+    head = emb = 0
+    for r in rows:
+        g = gathered_elements(r, mesh_sizes)
+        if g == r["shard_elements"]:
+            continue  # not sharded over a gathered axis: nothing to gather
+        m = re.search(r"/layers/(\d+)/", r["name"])
+        if m:
+            per_layer[m.group(1)] = per_layer.get(m.group(1), 0) + g
+        elif r["name"].startswith("lm_head/"):
+            head = g
+        elif "embed_tokens" in r["name"]:
+            emb = g
+    layers = (sum(per_layer.values()) if all_layers else max(per_layer.values(), default=0))
+    return {"head": (head or emb) * nbytes, "layers": layers * nbytes}
+
+
 def is_frozen(name: str, patterns: Sequence[str] = FROZEN_PATTERNS) -> bool:
     import re
     return any(re.search(p, name) for p in patterns)
@@ -204,7 +244,8 @@ def plan_memory(model: str | ModelConfig, mesh: Sequence[int] | str, *, batch_pe
                 remat: bool = False, frozen_mlp: bool = False,
                 teacher: str | ModelConfig | None = "auto", teacher_dtype="bf16",
                 grad_accum: int = 1, axis_names: Sequence[str] = MESH_AXES,
-                supernet: bool = False, chip: str | None = None) -> dict:
+                supernet: bool = False, chip: str | None = None,
+                logits_chunk: int = 0) -> dict:
     """Per-device memory plan (bytes) from abstract shapes; see the module docstring.
 
     supernet: plan the PostNAS super-network built from `model`'s shapes instead (every layer
@@ -281,12 +322,16 @@ def plan_memory(model: str | ModelConfig, mesh: Sequence[int] | str, *, batch_pe
 
     acts = activation_bytes(cfg, batch_per_device, seq_len, abytes, tp, remat, layer_types)
     mem["activations"] = acts["total"]
-    n = batch_per_device * seq_len
+    n = batch_per_device * (min(logits_chunk, seq_len) if logits_chunk > 0 else seq_len)
     vocab_local = -(-cfg.vocab_size // tp)
     mem["logits"] = 2 * 4 * vocab_local * n * (2 if tcfg is not None else 1)
     mem["teacher fwd (transient)"] = (
         layer_activation_bytes(tcfg, "attn", batch_per_device, seq_len, abytes, tp)
         if tcfg is not None else 0)
+    g = gathered_weight_bytes(rows, sizes, pbytes, all_layers=not remat)
+    gt = (gathered_weight_bytes(trows, sizes, tbytes, all_layers=False) if tcfg is not None
+          else {"head": 0, "layers": 0})
+    mem["gathered weights (FSDP)"] = g["head"] + g["layers"] + gt["head"] + gt["layers"]
     mem["total"] = sum(mem.values())
     out["bytes"] = mem
     out["activations_per_layer"] = acts["per_layer_by_type"]
@@ -488,6 +533,8 @@ def register(parser: argparse.ArgumentParser) -> None:
                              "config.json")
     parser.add_argument("--teacher-dtype", default="bf16", choices=sorted(DTYPES))
     parser.add_argument("--grad-accum", type=int, default=1)
+    parser.add_argument("--logits-chunk", type=int, default=0,
+                        help="the run's loss.logits_chunk (0: whole [B, T, V] logits)")
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
 
 
@@ -495,7 +542,7 @@ def run(args: argparse.Namespace) -> int:
     kw = dict(batch_per_device=args.batch_per_device, seq_len=args.seq_len,
               param_dtype=args.param_dtype, dtype=args.dtype, opt=args.opt, remat=args.remat,
               frozen_mlp=args.frozen_mlp, teacher=args.teacher, teacher_dtype=args.teacher_dtype,
-              grad_accum=args.grad_accum, supernet=args.supernet)
+              grad_accum=args.grad_accum, supernet=args.supernet, logits_chunk=args.logits_chunk)
     try:
         if args.mesh is None:
             if args.chip is None or args.chips is None:
@@ -517,7 +564,8 @@ def run(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- XLA's view
 def xla_step_memory(student: str | ModelConfig, teacher: str | ModelConfig,
                     mesh_shape: Sequence[int], *, batch_per_device: int, seq_len: int,
-                    dtype: str = "float32", remat: bool = False) -> dict[str, int]:
+                    dtype: str = "float32", remat: bool = False,
+                    logits_chunk: int = 0) -> dict[str, int]:
     """Compile (never run) the real distillation train step (`train.train_step.DistillStep`,
     default optimizer: AdamW with the MLP/embeddings/norms frozen) on abstract shapes on the
     devices present and return XLA's per-device `memory_analysis()`: argument, output, alias
@@ -536,7 +584,8 @@ def xla_step_memory(student: str | ModelConfig, teacher: str | ModelConfig,
     mesh = mesh_from_config(tuple(mesh_shape))
     s_flat = FlatModel(abstract_model(scfg, dtype=dt, remat=remat))
     t_flat = FlatModel(abstract_model(tcfg, dtype=dt))
-    ds = DistillStep(s_flat, t_flat, OptimizerSection(), LossSection(), mesh, total_steps=1000)
+    ds = DistillStep(s_flat, t_flat, OptimizerSection(), LossSection(logits_chunk=logits_chunk),
+                     mesh, total_steps=1000)
     teacher_params = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=ds.teacher_shardings[k])
                       for k, v in t_flat.abstract_params().items()}
     global_batch = batch_per_device * mesh.shape["data"] * mesh.shape["fsdp"]
@@ -575,9 +624,9 @@ def scaling_rows(seq_len: int = 4096, batch_per_device: int = 1) -> list[dict]:
 def scaling_markdown(rows: Sequence[dict]) -> str:
     gb = lambda b: f"{b / 1e9:.1f}"  # noqa: E731
     head = ("| teacher | stage | target | mesh d,f,t | params (B) / trainable | params | grads "
-            "| AdamW | teacher | activations | logits + teacher layer | total GB / HBM "
+            "| AdamW | teacher | activations | logits + teacher layer | gathered (FSDP) | total GB / HBM "
             "| tokens/step | step s @peak | step s @40% MFU |")
-    lines = [head, "|" + "---|" * 15]
+    lines = [head, "|" + "---|" * 16]
     for r in rows:
         p, m = r["plan"], r["plan"]["bytes"]
         mesh = ",".join(str(v) for v in p["mesh"].values())
@@ -588,7 +637,8 @@ def scaling_markdown(rows: Sequence[dict]) -> str:
             f"{p['params_total'] / 1e9:.1f} / {p['params_trainable'] / 1e9:.1f} | "
             f"{gb(m['params'])} | {gb(m['grads'])} | {gb(m['optimizer'])} | "
             f"{gb(m['teacher params'])} | {gb(m['activations'])} | "
-            f"{gb(m['logits'] + m['teacher fwd (transient)'])} | {total} | "
+            f"{gb(m['logits'] + m['teacher fwd (transient)'])} | "
+            f"{gb(m['gathered weights (FSDP)'])} | {total} | "
             f"{p['global_batch'] * p['seq_len']:,} | {t['at_peak']:.2f} | {t[f'at_{ASSUMED_MFU:.0%}_mfu']:.2f} |")
     return "\n".join(lines)
 

@@ -24,6 +24,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jet_jax.ops.shard_map_kernel import kernel_mesh
+from jet_jax.sharding import activation_mesh, constrain
 from train.config import LossSection, OptimizerSection
 from train.flat_model import FlatModel
 from train.losses import distill_loss
@@ -90,23 +91,31 @@ class DistillStep:
         bs = batch_sharding(self.mesh)
         self.batch_shardings = {k: bs for k in BATCH_KEYS}
         metric_sh = self.replicated
-        self._step = jax.jit(self._step_fn,
+        self._step = jax.jit(self._on_mesh(self._step_fn),
                              in_shardings=(self.state_shardings, self.teacher_shardings,
                                            self.batch_shardings),
                              out_shardings=(self.state_shardings, metric_sh),
                              donate_argnums=(0,))
-        self._eval = jax.jit(self._eval_fn,
+        self._eval = jax.jit(self._on_mesh(self._eval_fn),
                              in_shardings=(self.param_shardings, self.teacher_shardings,
                                            self.batch_shardings),
                              out_shardings=metric_sh)
-        self._logits = jax.jit(lambda p, b: self._forward(self.student, p, b, False),
+        self._logits = jax.jit(self._on_mesh(lambda p, b: self._forward(self.student, p, b, False)),
                                in_shardings=(self.param_shardings, self.batch_shardings),
                                out_shardings=NamedSharding(self.mesh, P(BATCH_AXES)))
-        self._teacher_logits = jax.jit(lambda p, b: self._forward(self.teacher, p, b, False),
+        self._teacher_logits = jax.jit(self._on_mesh(lambda p, b: self._forward(self.teacher, p, b, False)),
                                        in_shardings=(self.teacher_shardings, self.batch_shardings),
                                        out_shardings=NamedSharding(self.mesh, P(BATCH_AXES)))
         self._init = jax.jit(self._init_fn, in_shardings=(self.param_shardings,),
                              out_shardings=self.state_shardings, static_argnums=(1,))
+
+    def _on_mesh(self, fn):
+        """`fn` traced with the model's activation constraints pinned to this mesh (the
+        residual stream and logits stay batch-sharded; jet_jax.sharding.constrain)."""
+        def traced(*args):
+            with activation_mesh(self.mesh):
+                return fn(*args)
+        return traced
 
     # ---------------------------------------------------------------- state
     def _opt_state_shardings(self, abstract_opt_state):
@@ -161,6 +170,14 @@ class DistillStep:
         with kernel_mesh(self.mesh):
             out = model(batch["input_ids"], batch["segment_ids"], batch["positions"],
                         return_hidden_states=hidden, head=False)
+        # FSDP gathers the head's weight (its embed dim) once here; left to XLA, every chunk
+        # loop and its remat pass gathered its own whole copy (4 live [D, V] copies measured).
+        if model.config.tie_word_embeddings:
+            emb = model.model.embed_tokens.embedding
+            emb.value = constrain(emb.value, "activation_vocab", None)
+        else:
+            kernel = model.lm_head.kernel
+            kernel.value = constrain(kernel.value, None, "activation_vocab")
         return out, model.logits_from_hidden
 
     def _loss(self, student_out, teacher_out, batch, heads=None):
