@@ -49,7 +49,7 @@ def output_logits(model, h: jax.Array) -> jax.Array:
 
 
 def _constrain_h(h: jax.Array) -> jax.Array:
-    """The residual stream [B, T, D] stays batch-sharded (under `activation_mesh`)."""
+    """The residual stream [B, T, D] stays batch-sharded (under `step_mesh`)."""
     return constrain(h, "activation_batch", "activation_length", "activation_embed")
 
 

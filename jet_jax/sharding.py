@@ -38,28 +38,35 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("activation_vocab", "tensor"),
 )
 
-# The mesh `constrain` pins activations to; set while a step is traced (`activation_mesh`).
-_ACTIVATION_MESH: contextvars.ContextVar[Mesh | None] = contextvars.ContextVar(
-    "jet_jax_activation_mesh", default=None)
+# The mesh a step is traced for (`step_mesh`): `constrain` pins activations to it, and the
+# Pallas kernels run per device on it (jet_jax.ops.shard_map_kernel).
+_STEP_MESH: contextvars.ContextVar[Mesh | None] = contextvars.ContextVar(
+    "jet_jax_step_mesh", default=None)
 
 
 @contextlib.contextmanager
-def activation_mesh(mesh: Mesh | None):
-    """Within this context, `constrain` pins activations to `mesh` (trace the step inside it)."""
-    token = _ACTIVATION_MESH.set(mesh)
+def step_mesh(mesh: Mesh | None):
+    """Trace a step inside this context: activations are constrained to `mesh` and kernel
+    calls run per device on it."""
+    token = _STEP_MESH.set(mesh)
     try:
         yield
     finally:
-        _ACTIVATION_MESH.reset(token)
+        _STEP_MESH.reset(token)
+
+
+def current_step_mesh() -> Mesh | None:
+    """The mesh of the enclosing `step_mesh`, or None."""
+    return _STEP_MESH.get()
 
 
 def constrain(x: jax.Array, *names: str | None) -> jax.Array:
-    """Sharding constraint on an activation by logical names (no-op outside `activation_mesh`).
+    """Sharding constraint on an activation by logical names (no-op outside `step_mesh`).
 
     Without it XLA may keep the global batch of an activation on every device (it did: the
     logits of an FSDP-sharded head came out of an all-reduce, [global B, T, V] per device).
     A dim that does not divide its mesh axes is left unconstrained."""
-    mesh = _ACTIVATION_MESH.get()
+    mesh = _STEP_MESH.get()
     if mesh is None:
         return x
     spec = logical_to_mesh_spec(names, LOGICAL_AXIS_RULES, mesh)

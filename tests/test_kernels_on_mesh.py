@@ -4,7 +4,6 @@ batch, the kernels see per-device shapes, and the wrapped kernels equal the unwr
 
 Kernels run in the Pallas interpreter on the 8 fake CPU devices (tests/conftest.py)."""
 
-import contextlib
 import functools
 import re
 
@@ -25,7 +24,7 @@ from jet_jax.model import JetNemotronForCausalLM
 from jet_jax.ops.attention import dot_product_attention
 from jet_jax.ops.dynamic_conv import dynamic_causal_conv
 from jet_jax.ops.gated_delta_rule import gated_delta_rule
-from jet_jax.sharding import make_mesh
+from jet_jax.sharding import make_mesh, step_mesh
 from train.config import LossSection, OptimizerSection
 from train.flat_model import FlatModel
 from train.student import student_from_teacher
@@ -56,7 +55,7 @@ def _compiled_step(monkeypatch, wrap: bool):
     monkeypatch.setattr(pgdr, "gated_delta_rule_pallas", rec_gdr)
     monkeypatch.setattr(pconv, "dynamic_causal_conv_pallas", rec_conv)
     if not wrap:  # the control: the step as it was before the kernels ran per device
-        monkeypatch.setattr(train_step, "kernel_mesh", lambda mesh: contextlib.nullcontext())
+        monkeypatch.setattr(smk, "active_mesh", lambda: None)
     teacher = JetNemotronForCausalLM(TINY_QWEN2, rngs=nnx.Rngs(1))
     student = student_from_teacher(teacher, LAYERS, jet=JET, window_size=8, seed=0)
     for _, m in nnx.iter_modules(student):
@@ -118,7 +117,7 @@ def test_gdr_per_device_equals_unwrapped_values_and_grads():
     kernel = functools.partial(pgdr.gated_delta_rule_pallas, interpret="plain")
 
     def loss(mesh, q, k, v, g, beta, h0):
-        with smk.kernel_mesh(mesh):
+        with step_mesh(mesh):
             o, s = gated_delta_rule(q, k, v, g, beta, initial_state=h0, output_final_state=True,
                                     segment_ids=seg, implementation="pallas")
         return jnp.sum(o * o) + jnp.sum(s), (o, s)
@@ -146,7 +145,7 @@ def test_conv_per_device_equals_unwrapped():
     kernel = functools.partial(pconv.dynamic_causal_conv_pallas, interpret="plain")
 
     def run(mesh, x, kern, state):
-        with smk.kernel_mesh(mesh):
+        with step_mesh(mesh):
             return dynamic_causal_conv(x, kern, conv_state=state, output_final_state=True,
                                        activation="silu", implementation="pallas")
 
@@ -165,7 +164,7 @@ def test_splash_per_device_equals_unwrapped_gqa():
     seg = jnp.asarray(np.repeat([[0] * 17 + [1] * 23], B, 0), jnp.int32)
 
     def run(mesh, q, k, v):
-        with smk.kernel_mesh(mesh):
+        with step_mesh(mesh):
             return dot_product_attention(q, k, v, q_segment_ids=seg, kv_segment_ids=seg, window=9,
                                          implementation="splash", splash_interpret=True)
 
@@ -181,10 +180,10 @@ def test_no_mesh_or_trivial_mesh_calls_kernel_directly():
     x = jnp.ones((4, 3, 2, 5))
     names = ("batch", None, "heads", None)
     smk.call_per_shard(f, (x,), (names,), names)
-    with smk.kernel_mesh(make_mesh((1, 1, 1), devices=jax.devices()[:1])):
+    with step_mesh(make_mesh((1, 1, 1), devices=jax.devices()[:1])):
         smk.call_per_shard(f, (x,), (names,), names)
     assert calls == [(4, 3, 2, 5)] * 2
     # A dim the mesh axes do not divide is not split over them (batch 3 on data*fsdp = 4).
-    with smk.kernel_mesh(_mesh()):
+    with step_mesh(_mesh()):
         out = jax.jit(lambda x: smk.call_per_shard(f, (x,), (names,), names))(jnp.ones((3, 3, 2, 5)))
     assert calls[-1] == (3, 3, 1, 5) and out.shape == (3, 3, 2, 5)

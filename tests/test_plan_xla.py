@@ -11,7 +11,7 @@ plan computes per layer and per vocabulary row is the same as in the 7B.
 
 The step runs as planned: `loss.logits_chunk` = CHUNK (KL/CE over CHUNK positions at a
 time, no [B, T, V] logits), the residual stream and logits constrained batch-sharded
-(jet_jax.sharding.constrain under the step's `activation_mesh`), the heads gathered once.
+(jet_jax.sharding.constrain under the step's `step_mesh`), the heads gathered once.
 Measured 2026-11-30 (2 layers): arguments 1.769 GB = the plan's params + AdamW + teacher
 (exact); peak 11.08 GB (XLA) vs 10.69 GB (plan), 3.5% apart; 7.57 GB of the plan are the
 FSDP-gathered weights (both [D, V] heads, every student layer's weights kept for the

@@ -23,8 +23,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jet_jax.ops.shard_map_kernel import kernel_mesh
-from jet_jax.sharding import activation_mesh, constrain
+from jet_jax.sharding import constrain, step_mesh
 from train.config import LossSection, OptimizerSection
 from train.flat_model import FlatModel
 from train.losses import distill_loss
@@ -110,10 +109,10 @@ class DistillStep:
                              out_shardings=self.state_shardings, static_argnums=(1,))
 
     def _on_mesh(self, fn):
-        """`fn` traced with the model's activation constraints pinned to this mesh (the
-        residual stream and logits stay batch-sharded; jet_jax.sharding.constrain)."""
+        """`fn` traced on this mesh (jet_jax.sharding.step_mesh): the residual stream and logits
+        stay batch-sharded, and Pallas kernels run per device, not on gathered operands."""
         def traced(*args):
-            with activation_mesh(self.mesh):
+            with step_mesh(self.mesh):
                 return fn(*args)
         return traced
 
@@ -158,18 +157,16 @@ class DistillStep:
     # ---------------------------------------------------------------- math
     def _forward(self, flat: FlatModel, params, batch, hidden: bool, head: bool = True):
         model = flat.merge(params)
-        with kernel_mesh(self.mesh):  # Pallas kernels run per device, not on gathered operands
-            return model(batch["input_ids"], batch["segment_ids"], batch["positions"],
-                         return_hidden_states=hidden, head=head)
+        return model(batch["input_ids"], batch["segment_ids"], batch["positions"],
+                     return_hidden_states=hidden, head=head)
 
     def _loss_forward(self, flat: FlatModel, params, batch, hidden: bool):
         """The outputs the loss reads; with `logits_chunk`, final hidden states + the head."""
         if not self.logits_chunk:
             return self._forward(flat, params, batch, hidden), None
         model = flat.merge(params)
-        with kernel_mesh(self.mesh):
-            out = model(batch["input_ids"], batch["segment_ids"], batch["positions"],
-                        return_hidden_states=hidden, head=False)
+        out = model(batch["input_ids"], batch["segment_ids"], batch["positions"],
+                    return_hidden_states=hidden, head=False)
         # FSDP gathers the head's weight (its embed dim) once here; left to XLA, every chunk
         # loop and its remat pass gathered its own whole copy (4 live [D, V] copies measured).
         if model.config.tie_word_embeddings:

@@ -6,7 +6,7 @@ batch row and per head (GDR, splash attention) or per channel (dynamic conv), so
 can run the kernel on its own shard: batch over the `data`/`fsdp` mesh axes, heads (or
 channels) over `tensor`, the logical-axis rules of `jet_jax.sharding`.
 
-The mesh comes from `kernel_mesh(mesh)` (a context the train step enters while tracing), or
+The mesh comes from `jet_jax.sharding.step_mesh(mesh)` (the context the train step is traced in), or
 else from `jax.set_mesh`/`jax.sharding.use_mesh`. With neither, or on a mesh where nothing
 would be split, the kernel is called directly. The XLA forms of the ops are not wrapped:
 the partitioner splits them already.
@@ -14,27 +14,12 @@ the partitioner splits them already.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 from typing import Any, Callable, Sequence
 
 import jax
 from jax.sharding import PartitionSpec
 
-from jet_jax.sharding import LOGICAL_AXIS_RULES
-
-_MESH: contextvars.ContextVar = contextvars.ContextVar("jet_jax_kernel_mesh", default=None)
-
-
-@contextlib.contextmanager
-def kernel_mesh(mesh):
-    """Within this context (at trace time), kernel calls run per device on `mesh`."""
-    token = _MESH.set(mesh)
-    try:
-        yield mesh
-    finally:
-        _MESH.reset(token)
-
+from jet_jax.sharding import LOGICAL_AXIS_RULES, current_step_mesh
 
 def _inside_shard_map() -> bool:
     get = getattr(jax.sharding, "get_abstract_mesh", None)
@@ -46,7 +31,7 @@ def active_mesh():
     """The mesh kernels are split over, or None (call the kernel directly)."""
     if _inside_shard_map():  # already per device (an outer shard_map): nothing to split
         return None
-    mesh = _MESH.get()
+    mesh = current_step_mesh()
     if mesh is not None:
         return mesh
     get = getattr(jax.sharding, "get_abstract_mesh", None)
