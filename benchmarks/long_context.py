@@ -128,7 +128,7 @@ def main(argv=None):
           f"'xla' attention, after = stacked-layer scan + 'auto' attention", flush=True)
 
     if not args.skip_2b:
-        from configs.presets import get_preset
+        from jet_jax_configs.presets import get_preset
         ct = compile_times(get_preset("jet-nemotron-2b"))
         print("\n1. compile time, Jet-Nemotron-2B preset, bf16 (lower + compile, abstract shapes; "
               "best of 3, modes alternating)")

@@ -1,7 +1,7 @@
 """How fast does a tiny full-attention teacher learn MQAR? (CPU; prints a table.)
 
 Trains the tiny Qwen2 preset from scratch with cross-entropy on the byte-level Shakespeare +
-MQAR mixture (train.data pipeline, answer-only MQAR loss) for each setting and reports held-out
+MQAR mixture (jet_jax_train.data pipeline, answer-only MQAR loss) for each setting and reports held-out
 MQAR accuracy every `--every` steps. This is what sets the PostNAS demo's MQAR shape.
 
     python benchmarks/mqar_teacher.py                     # the default settings below
@@ -23,13 +23,13 @@ DEFAULT = ("4:32:2:6", "8:64:2:6", "4:32:100:2")
 
 
 def run_setting(spec: str, steps: int, every: int, lr: float, seed: int) -> list[dict]:
-    from configs.presets import TINY_QWEN2
+    from jet_jax_configs.presets import TINY_QWEN2
     from jet_jax.model import JetNemotronForCausalLM
-    from train.data import (DataConfig, MQARConfig, SourceConfig, make_mqar_eval_batches,
+    from jet_jax_train.data import (DataConfig, MQARConfig, SourceConfig, make_mqar_eval_batches,
                             make_train_iterator)
-    from train.data.mqar import mqar_accuracy
-    from train.flat_model import FlatModel
-    from train.demo import ce_train_step
+    from jet_jax_train.data.mqar import mqar_accuracy
+    from jet_jax_train.flat_model import FlatModel
+    from jet_jax_train.demo import ce_train_step
 
     pairs, hi, weight, layers = spec.split(":")
     pairs, hi, weight, layers = int(pairs), int(hi), float(weight), int(layers)

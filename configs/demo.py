@@ -7,13 +7,13 @@ teacher directory is filled in by train/demo.py (`<output_dir>/teacher`).
 
 import dataclasses
 
-from configs.presets import TINY_QWEN2
+from jet_jax_configs.presets import TINY_QWEN2
 from jet_jax.config import JetBlockConfig, ModelConfig
-from train.config import (CheckpointSection, EvalSection, LoggingSection, LossSection,
+from jet_jax_train.config import (CheckpointSection, EvalSection, LoggingSection, LossSection,
                           ModelSection, OptimizerSection, TrainConfig, TrainSection)
-from train.data.mqar import MQARConfig
-from train.data.pipeline import DataConfig
-from train.data.sources import SourceConfig
+from jet_jax_train.data.mqar import MQARConfig
+from jet_jax_train.data.pipeline import DataConfig
+from jet_jax_train.data.sources import SourceConfig
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,10 +13,10 @@ qwen3 model family (q/k norm) to load its weights.
 
 import os
 
-from configs.teachers import STUDENT_OF, STUDENTS
-from train.config import (CheckpointSection, EvalSection, LoggingSection, LossSection,
+from jet_jax_configs.teachers import STUDENT_OF, STUDENTS
+from jet_jax_train.config import (CheckpointSection, EvalSection, LoggingSection, LossSection,
                           MeshSection, ModelSection, OptimizerSection, TrainConfig, TrainSection)
-from train.data.pipeline import DataConfig
+from jet_jax_train.data.pipeline import DataConfig
 
 
 def get_config() -> TrainConfig:

@@ -4,11 +4,11 @@
 """
 
 from jet_jax.config import JetBlockConfig
-from train.config import (CheckpointSection, EvalSection, LoggingSection, LossSection,
+from jet_jax_train.config import (CheckpointSection, EvalSection, LoggingSection, LossSection,
                           ModelSection, OptimizerSection, TrainConfig, TrainSection)
-from train.data.mqar import MQARConfig
-from train.data.pipeline import DataConfig
-from train.data.sources import SourceConfig
+from jet_jax_train.data.mqar import MQARConfig
+from jet_jax_train.data.pipeline import DataConfig
+from jet_jax_train.data.sources import SourceConfig
 
 
 def get_config() -> TrainConfig:

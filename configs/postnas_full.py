@@ -4,7 +4,7 @@ compute; not timed on this project's CPU."""
 
 import dataclasses
 
-from configs.postnas_tiny import CONFIG as TINY
+from jet_jax_configs.postnas_tiny import CONFIG as TINY
 
 CONFIG = dataclasses.replace(
     TINY, output_dir="runs/postnas_full",

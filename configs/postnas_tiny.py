@@ -11,8 +11,8 @@ about 0.55-0.6 on it in 1200 steps. It does not learn harder MQAR (8+ pairs, lar
 in a CPU-sized budget; see docs/postnas.md.
 """
 
-from train.data.mqar import MQARConfig
-from train.postnas.config import PostNASConfig
+from jet_jax_train.data.mqar import MQARConfig
+from jet_jax_train.postnas.config import PostNASConfig
 
 CONFIG = PostNASConfig(
     output_dir="runs/postnas_tiny",

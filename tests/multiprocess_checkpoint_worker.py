@@ -2,7 +2,7 @@
 
     python -m tests.multiprocess_checkpoint_worker save|restore <directory> <mesh> <seed>
 
-Run under train.launch.spawn (JAX_* variables set) or in-process via `save` / `restore`.
+Run under jet_jax_train.launch.spawn (JAX_* variables set) or in-process via `save` / `restore`.
 The saved tree is a known function of `seed`, so a restore on any process count and mesh can
 be checked shard by shard against numpy.
 """
@@ -35,7 +35,7 @@ def _shardings(mesh):
 def save(directory: str, mesh, seed: int) -> None:
     import jax
 
-    from train.checkpointing import TrainCheckpointer
+    from jet_jax_train.checkpointing import TrainCheckpointer
     tree = jax.tree.map(lambda x, s: jax.make_array_from_callback(
         np.shape(x), s, lambda idx, x=x: np.asarray(x)[idx]), expected(seed), _shardings(mesh))
     # per-process data state, keyed by the input shard this process reads
@@ -49,7 +49,7 @@ def restore(directory: str, mesh, seed: int) -> dict:
     """Restores and checks every addressable shard; returns the data state."""
     import jax
 
-    from train.checkpointing import TrainCheckpointer
+    from jet_jax_train.checkpointing import TrainCheckpointer
     want = expected(seed)
     target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype,
                                                             sharding=s), want, _shardings(mesh))
@@ -64,7 +64,7 @@ def restore(directory: str, mesh, seed: int) -> dict:
 
 def main(argv: list[str]) -> int:
     mode, directory, mesh_text, seed = argv
-    from train.distributed import initialize_distributed, mesh_from_config
+    from jet_jax_train.distributed import initialize_distributed, mesh_from_config
     initialize_distributed()
     import jax
     mesh = mesh_from_config(mesh_text)

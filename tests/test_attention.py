@@ -116,7 +116,7 @@ def test_model_with_chunked_attention_equals_reference():
 
     from flax import nnx
 
-    from configs.presets import TINY_QWEN2
+    from jet_jax_configs.presets import TINY_QWEN2
     from jet_jax.generation import left_pad, prefill
     from jet_jax.model import JetNemotronForCausalLM
     import jet_jax.ops.attention as attention_op

@@ -20,7 +20,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P, SingleDeviceSharding
 
 from jet_jax.sharding import make_mesh, partitioned, state_shardings
-from train.checkpointing import (CheckpointError, TrainCheckpointer, abstract_pytree,
+from jet_jax_train.checkpointing import (CheckpointError, TrainCheckpointer, abstract_pytree,
                                  pytree_into_state, state_to_pytree, with_sharding)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -172,7 +172,7 @@ KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     import jax.numpy as jnp
     from orbax.checkpoint._src.path import atomicity
-    from train.checkpointing import TrainCheckpointer
+    from jet_jax_train.checkpointing import TrainCheckpointer
     ck = TrainCheckpointer(sys.argv[1], save_interval_steps=1)
     ck.maybe_save(1, {"w": jnp.full((256, 256), 1.0)}, data_state={"s": 1})
     ck.wait()

@@ -6,15 +6,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from configs.presets import TINY_QWEN2
+from jet_jax_configs.presets import TINY_QWEN2
 from jet_jax.config import JetBlockConfig, hybrid_layer_types
 from jet_jax.model import JetNemotronForCausalLM
 from jet_jax.sharding import make_mesh
-from train.config import LossSection, OptimizerSection
-from train.flat_model import FlatModel
-from train.losses import chunked_kl_and_ce, cross_entropy, kl_to_teacher
-from train.student import student_from_teacher
-from train.train_step import DistillStep
+from jet_jax_train.config import LossSection, OptimizerSection
+from jet_jax_train.flat_model import FlatModel
+from jet_jax_train.losses import chunked_kl_and_ce, cross_entropy, kl_to_teacher
+from jet_jax_train.student import student_from_teacher
+from jet_jax_train.train_step import DistillStep
 
 B, T, D, V = 2, 13, 8, 37  # T is not a multiple of the chunk
 

@@ -39,9 +39,27 @@ def test_library_sources_never_name_the_application():
         for f in files:
             if f.endswith(".py"):
                 text = open(os.path.join(dirpath, f), encoding="utf-8").read()
-                for pkg in ("train", "configs", "benchmarks"):
+                for pkg in ("train", "configs", "benchmarks", "jet_jax_train", "jet_jax_configs"):
                     assert f"import {pkg}" not in text and f"from {pkg}." not in text \
                         and f'"{pkg}.' not in text, (f, pkg)
+
+
+def test_setup_cfg_installs_every_package_folder_under_its_import_name():
+    import configparser
+    cfg = configparser.ConfigParser()
+    cfg.read(os.path.join(ROOT, "setup.cfg"))
+    listed = set(cfg.get("options", "packages").split())
+    mapping = dict(line.split(" = ") for line in cfg.get("options", "package_dir").strip().splitlines())
+    folders = {name: folder for name, folder in mapping.items()}
+    folders.update({"jet_jax": "jet_jax", "pallas_kernels": "pallas_kernels"})
+    expected = set()
+    for name, folder in folders.items():
+        for dirpath, _, files in os.walk(os.path.join(ROOT, folder)):
+            if "__init__.py" in files:
+                rel = os.path.relpath(dirpath, os.path.join(ROOT, folder))
+                expected.add(name if rel == "." else name + "." + rel.replace(os.sep, "."))
+    assert listed == expected
+    assert not {"train", "configs"} & {p.split(".")[0] for p in listed}
 
 
 def test_training_commands_are_registered_not_imported():
@@ -100,9 +118,9 @@ def test_postnas_refuses_missing_stages_and_bad_files(tmp_path, capsys):
     out = tmp_path / "run"
     _refused(capsys, ["postnas", "search", "--output-dir", str(out)], "no super-network")
     bad = tmp_path / "cfg.py"
-    bad.write_text("from train.postnas.config import PostNASConfig\nCONFIG = PostNASConfig(\n")
+    bad.write_text("from jet_jax_train.postnas.config import PostNASConfig\nCONFIG = PostNASConfig(\n")
     _refused(capsys, ["postnas", "pipeline", "--config", str(bad)], str(bad), "line")
-    bad.write_text("from train.postnas.config import PostNASConfig\nCONFIG = PostNASConfig(budget='2')\n")
+    bad.write_text("from jet_jax_train.postnas.config import PostNASConfig\nCONFIG = PostNASConfig(budget='2')\n")
     _refused(capsys, ["postnas", "pipeline", "--config", str(bad)], str(bad), "budget")
     assert not out.exists()
 

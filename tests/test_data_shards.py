@@ -9,9 +9,9 @@ import json
 import numpy as np
 import pytest
 
-import train.data.pipeline as pipeline
-from train.data import ByteTokenizer, DataConfig, SourceConfig, make_train_iterator
-from train.data.pipeline import make_train_dataset, shard_assignment
+import jet_jax_train.data.pipeline as pipeline
+from jet_jax_train.data import ByteTokenizer, DataConfig, SourceConfig, make_train_iterator
+from jet_jax_train.data.pipeline import make_train_dataset, shard_assignment
 
 ROW_KEYS = ("input_ids", "segment_ids", "positions", "targets", "loss_mask")
 SEQ = 32

@@ -11,7 +11,7 @@ import pytest
 
 from jet_jax.cli import main
 from tests.hf_fixtures import tiny_llama, tiny_qwen3
-from train.metrics import read_jsonl
+from jet_jax_train.metrics import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 12

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from train.metrics import read_jsonl
+from jet_jax_train.metrics import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 8
@@ -97,9 +97,9 @@ def test_demo_like_run_reduces_kl_to_teacher(tmp_path):
     distillation lowers KL(teacher || student) below its value at init."""
     import dataclasses
 
-    from configs import demo
-    from train.demo import train_teacher
-    from train.distill import run_distill
+    from jet_jax_configs import demo
+    from jet_jax_train.demo import train_teacher
+    from jet_jax_train.distill import run_distill
 
     data = dataclasses.replace(demo.DATA, seq_len=64, batch_size=8)
     teacher_dir = tmp_path / "teacher"

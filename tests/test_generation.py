@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs.presets import TINY_JET, TINY_QWEN2
+from jet_jax_configs.presets import TINY_JET, TINY_QWEN2
 from jet_jax.generation import generate, generate_stream, left_pad, prefill
 from jet_jax.model import JetNemotronForCausalLM
 from jet_jax.sampling import SamplingConfig, filtered_logits, sample, top_k_filter, top_p_filter

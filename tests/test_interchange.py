@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs.presets import TINY_JET
+from jet_jax_configs.presets import TINY_JET
 from jet_jax.checkpoint_io import (detect_format, is_hf_dir, is_orbax_dir, load_model, load_orbax,
                                    params_equal, save_orbax)
 from jet_jax.cli import main

@@ -11,14 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from configs.presets import TINY_QWEN2
+from jet_jax_configs.presets import TINY_QWEN2
 from jet_jax.config import JetBlockConfig
 from jet_jax.layers.jet_block import JetBlock
 from jet_jax.model import JetNemotronForCausalLM
-from train.config import OptimizerSection
-from train.postnas.sampling import ChoiceSampler, SamplingConfig
-from train.postnas.supernet import SuperNetwork
-from train.postnas.trainer import SupernetTrainConfig, train_supernet
+from jet_jax_train.config import OptimizerSection
+from jet_jax_train.postnas.sampling import ChoiceSampler, SamplingConfig
+from jet_jax_train.postnas.supernet import SuperNetwork
+from jet_jax_train.postnas.trainer import SupernetTrainConfig, train_supernet
 
 CFG = TINY_QWEN2.replace(hidden_size=32, intermediate_size=64, num_attention_heads=2,
                          num_key_value_heads=1, num_hidden_layers=2, layer_types=("jet", "attn"),

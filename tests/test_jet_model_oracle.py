@@ -7,7 +7,7 @@ import pytest
 import torch
 from flax import nnx
 
-from configs.presets import TINY_JET
+from jet_jax_configs.presets import TINY_JET
 from jet_jax.convert.hf import model_to_hf_tensors
 from jet_jax.model import JetNemotronForCausalLM
 from tests.torch_jet_reference import torch_jet_nemotron

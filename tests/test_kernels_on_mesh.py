@@ -16,8 +16,8 @@ from flax import nnx
 import jet_jax.ops.shard_map_kernel as smk
 import pallas_kernels.dynamic_conv as pconv
 import pallas_kernels.gdr as pgdr
-import train.train_step as train_step
-from configs.presets import TINY_QWEN2
+import jet_jax_train.train_step as train_step
+from jet_jax_configs.presets import TINY_QWEN2
 from jet_jax.config import JetBlockConfig, hybrid_layer_types
 from jet_jax.layers.jet_block import JetBlock
 from jet_jax.model import JetNemotronForCausalLM
@@ -25,9 +25,9 @@ from jet_jax.ops.attention import dot_product_attention
 from jet_jax.ops.dynamic_conv import dynamic_causal_conv
 from jet_jax.ops.gated_delta_rule import gated_delta_rule
 from jet_jax.sharding import make_mesh, step_mesh
-from train.config import LossSection, OptimizerSection
-from train.flat_model import FlatModel
-from train.student import student_from_teacher
+from jet_jax_train.config import LossSection, OptimizerSection
+from jet_jax_train.flat_model import FlatModel
+from jet_jax_train.student import student_from_teacher
 
 JET = JetBlockConfig(num_heads=4, head_dim=16, expand_v=1.0, conv_size=4, dconv_generator_reduction=8)
 LAYERS = hybrid_layer_types(4, attn=(1,), swa=(2,))

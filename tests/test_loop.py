@@ -3,7 +3,7 @@ run at a step boundary, and resuming continues from `start`."""
 
 import math
 
-from train.loop import TrainLoop
+from jet_jax_train.loop import TrainLoop
 
 
 def _loop(total, **kw):

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from train.launch import spawn
-from train.metrics import read_jsonl
+from jet_jax_train.launch import spawn
+from jet_jax_train.metrics import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 6
@@ -114,7 +114,7 @@ def test_sigterm_to_one_process_saves_exits_zero_and_resume_is_bitwise(tmp_path,
     outs = _wait(procs, RUN_TIMEOUT_S)
     assert [p.returncode for p in procs] == [0, 0], outs[1][-3000:]
     assert all('"interrupted": true' in o for o in outs), outs[0][-3000:]
-    from train.checkpointing import TrainCheckpointer
+    from jet_jax_train.checkpointing import TrainCheckpointer
     stopped = TrainCheckpointer(run / "checkpoints", save_interval_steps=1).latest_step()
     # both processes stopped after the same step, and that step was saved
     assert all(f"saving step {stopped} and stopping" in o for o in outs), outs[0][-3000:]
@@ -153,7 +153,7 @@ def test_checkpoints_restore_across_process_counts_and_meshes(tmp_path):
     import jax
 
     from tests import multiprocess_checkpoint_worker as worker
-    from train.distributed import mesh_from_config
+    from jet_jax_train.distributed import mesh_from_config
 
     def two(mode, directory, mesh, seed):
         procs = spawn([mode, str(directory), mesh, str(seed)], 2, cpu_devices_per_process=4,
@@ -181,7 +181,7 @@ def test_checkpoints_restore_across_process_counts_and_meshes(tmp_path):
 
 
 def test_preemption_flag_in_one_process():
-    from train.preemption import Preemption
+    from jet_jax_train.preemption import Preemption
     stop = Preemption()
     with stop.installed():
         assert not stop.should_stop(0)
@@ -192,7 +192,7 @@ def test_preemption_flag_in_one_process():
 
 
 def test_launcher_supervision_kills_survivors_after_the_grace_period():
-    from train.launch import supervise
+    from jet_jax_train.launch import supervise
     fail = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(3)"])
     hang = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     said = []

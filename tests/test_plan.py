@@ -1,4 +1,4 @@
-"""`jet-jax plan` (memory plan from abstract shapes) and train.distributed (mesh, start-up)."""
+"""`jet-jax plan` (memory plan from abstract shapes) and jet_jax_train.distributed (mesh, start-up)."""
 
 import os
 import time
@@ -6,11 +6,11 @@ import time
 import jax
 import pytest
 
-from configs.presets import JET_NEMOTRON_2B, QWEN2_5_1_5B, TINY_JET, TINY_QWEN2
+from jet_jax_configs.presets import JET_NEMOTRON_2B, QWEN2_5_1_5B, TINY_JET, TINY_QWEN2
 from jet_jax.config import ModelConfig, count_params
-from train.distributed import (initialize_distributed, mesh_from_config, parse_mesh,
+from jet_jax_train.distributed import (initialize_distributed, mesh_from_config, parse_mesh,
                                resolve_mesh_shape)
-from train.plan import activation_bytes, layer_activation_bytes, plan_memory
+from jet_jax_train.plan import activation_bytes, layer_activation_bytes, plan_memory
 
 
 def unsharded_count(cfg: ModelConfig) -> int:
@@ -158,7 +158,7 @@ TWO_PROCESS = """
 import os, sys, json
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
 os.environ["JAX_PLATFORMS"] = "cpu"
-from train.distributed import initialize_distributed, mesh_from_config
+from jet_jax_train.distributed import initialize_distributed, mesh_from_config
 info = initialize_distributed(sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
 mesh = mesh_from_config((1, -1, 1))
 print(json.dumps({**info, "mesh": dict(mesh.shape)}))
@@ -192,7 +192,7 @@ def test_two_processes_on_cpu(tmp_path):
 
 
 def test_supernet_plan_flops_and_chip_time():
-    from train.plan import CHIPS
+    from jet_jax_train.plan import CHIPS
     cfg = TINY_JET
     attn_mixer = 2 * 64 * 64 + 2 * (64 * 32) + 64 + 2 * 32  # q, o, k, v kernels + q/k/v biases
     all_attn = count_params(cfg.replace(layer_types=("attn",) * 4))

@@ -1,5 +1,5 @@
 """The plan against XLA: `jet-jax plan`'s per-device memory for the 7B student vs what XLA's
-`memory_analysis()` reports for the real train step (`train.train_step.DistillStep`),
+`memory_analysis()` reports for the real train step (`jet_jax_train.train_step.DistillStep`),
 compiled - never run - on abstract shapes on 8 fake CPU devices with the same (1, 8, 1) mesh,
 in the same configuration (float32 parameters, compute and teacher; AdamW; MLP, embeddings
 and norms frozen; no remat; 1 x 512 tokens per device).
@@ -23,8 +23,8 @@ MLP activations on every device: peak 14.7 GB.
 import jax
 import pytest
 
-from configs.teachers import JET_QWEN2_5_7B, QWEN2_5_7B
-from train.plan import plan_memory, xla_step_memory
+from jet_jax_configs.teachers import JET_QWEN2_5_7B, QWEN2_5_7B
+from jet_jax_train.plan import plan_memory, xla_step_memory
 
 MESH = (1, 8, 1)
 SEQ, BATCH = 512, 1

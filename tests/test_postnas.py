@@ -11,23 +11,23 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs.presets import TINY_QWEN2
+from jet_jax_configs.presets import TINY_QWEN2
 from jet_jax.config import JetBlockConfig
 from jet_jax.evaluation import MCExample
 from jet_jax.model import JetNemotronForCausalLM
-from train.config import OptimizerSection
-from train.data import MQARConfig
-from train.data.mqar import make_mqar_example
-from train.data.packing import finalize_row, lm_example
-from train.postnas import throughput as tp
-from train.postnas.block_selection import ThroughputConfig, select_block
-from train.postnas.hardware_search import HardwareSearchConfig, candidate_grid, hardware_search
-from train.postnas.placement_search import (SearchConfig, TaskSuite, mc_task,
+from jet_jax_train.config import OptimizerSection
+from jet_jax_train.data import MQARConfig
+from jet_jax_train.data.mqar import make_mqar_example
+from jet_jax_train.data.packing import finalize_row, lm_example
+from jet_jax_train.postnas import throughput as tp
+from jet_jax_train.postnas.block_selection import ThroughputConfig, select_block
+from jet_jax_train.postnas.hardware_search import HardwareSearchConfig, candidate_grid, hardware_search
+from jet_jax_train.postnas.placement_search import (SearchConfig, TaskSuite, mc_task,
                                             search_placement, uniform_placement)
-from train.postnas.sampling import ChoiceSampler, SamplingConfig
-from train.postnas.supernet import (ATTN, LINEAR, SWA, SuperNetwork, extract_subnet,
+from jet_jax_train.postnas.sampling import ChoiceSampler, SamplingConfig
+from jet_jax_train.postnas.supernet import (ATTN, LINEAR, SWA, SuperNetwork, extract_subnet,
                                     layer_types_from_choice)
-from train.postnas.trainer import SupernetTrainConfig, train_supernet
+from jet_jax_train.postnas.trainer import SupernetTrainConfig, train_supernet
 
 CFG = TINY_QWEN2.replace(hidden_size=32, intermediate_size=64, num_attention_heads=2,
                          num_key_value_heads=1, window_size=6,
@@ -161,7 +161,7 @@ def test_placement_search_valid_deterministic_and_from_supernet(trained, suite):
 
 def test_placement_search_swa_phase_and_mc(trained, suite, teacher, tmp_path):
     sup, _ = trained
-    from train.data import ByteTokenizer
+    from jet_jax_train.data import ByteTokenizer
     items = [MCExample("ab", ("c", "dd"), 0), MCExample("x y", ("z", "w", "v"), 2)]
     mc = mc_task(items, ByteTokenizer(), batch_size=4)
     s2 = TaskSuite(teacher=teacher, lm_batches=suite.lm_batches, mqar_batches=[], mc=mc)
@@ -178,8 +178,8 @@ def test_mc_score_is_jet_jax_evaluation_on_the_same_model(trained, teacher, tmp_
     """PostNAS's mc task = `jet-jax eval`'s multiple choice: the all-attention sub-network
     scores like the teacher, a mixed one like its extracted standalone model."""
     from jet_jax.evaluation import Scorer, multiple_choice, read_mc_jsonl
-    from train.data import ByteTokenizer
-    from train.postnas.placement_search import SubNetwork
+    from jet_jax_train.data import ByteTokenizer
+    from jet_jax_train.postnas.placement_search import SubNetwork
     sup, _ = trained
     rng = np.random.default_rng(0)
     words = ["cat", "dog", "a tree", "blue", "seven", "x", "the sea", "on"]
@@ -252,7 +252,7 @@ def test_block_selection_table(teacher, suite, trained):
 
 def test_cli_parses_and_overrides():
     import argparse
-    from train.postnas import cli
+    from jet_jax_train.postnas import cli
     p = argparse.ArgumentParser()
     cli.register(p)
     args = p.parse_args(["search", "--config", "configs/postnas_tiny.py", "--set", "budget=2",

@@ -12,9 +12,9 @@ import json
 
 import numpy as np
 
-from train.postnas import stats
-from train.postnas.hardware_search import decide
-from train.postnas.report import write_report
+from jet_jax_train.postnas import stats
+from jet_jax_train.postnas.hardware_search import decide
+from jet_jax_train.postnas.report import write_report
 
 
 def _rows(objectives=(0.10, 0.10), se=0.05):
@@ -119,7 +119,7 @@ def _final(lt, kls, mqs):
 
 
 def _results():
-    from train.postnas.config import PostNASConfig
+    from jet_jax_train.postnas.config import PostNASConfig
     import dataclasses
     L = ["attn", "jet", "jet", "jet"]
     U = ["jet", "jet", "attn", "jet"]
@@ -131,7 +131,7 @@ def _results():
     finals = {"searched": _final(L, [0.05, 0.052, 0.051], [0.55, 0.56, 0.57]),
               "uniform": _final(U, [0.06, 0.061, 0.062], [0.45, 0.46, 0.47]),
               "worst searched": _final(W, [0.07, 0.071, 0.072], [0.40, 0.41, 0.42])}
-    from train.postnas.stages import comparisons
+    from jet_jax_train.postnas.stages import comparisons
     hw_rows = [{"shape": "H2 dk16 dv32", "heads": 2, "dk": 16, "dv": 32, "baseline": True,
                 **_scores(2.3, 0.05, 0.5), "objective": 0.1, "objective_se": 0.05,
                 "decode_tokens_per_s": 1000.0, "speed_ratio": 1.0, "speed_ratio_lo": 1.0,

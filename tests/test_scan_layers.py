@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from configs.presets import TINY_JET
+from jet_jax_configs.presets import TINY_JET
 from jet_jax.generation import generate, left_pad, prefill
 from jet_jax.model import JetNemotronForCausalLM, layer_runs, stack_layers, unstack_layers
 

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs.presets import TINY_QWEN2
+from jet_jax_configs.presets import TINY_QWEN2
 from jet_jax.config import JetBlockConfig, hybrid_layer_types
 from jet_jax.model import JetNemotronForCausalLM
-from train.config import ConfigError, TrainConfig, apply_overrides, load_config_file
-from train.flat_model import FlatModel
-from train.student import student_from_teacher
+from jet_jax_train.config import ConfigError, TrainConfig, apply_overrides, load_config_file
+from jet_jax_train.flat_model import FlatModel
+from jet_jax_train.student import student_from_teacher
 
 LAYERS = hybrid_layer_types(4, attn=(1,), swa=(2,))
 MATCHING_JET = JetBlockConfig(num_heads=4, head_dim=16, expand_v=1.0, conv_size=4,

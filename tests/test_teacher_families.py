@@ -157,8 +157,8 @@ def test_qwen2_export_declares_its_dtype_too(tmp_path):
 @pytest.mark.parametrize("make", [tiny_llama, tiny_qwen3], ids=["llama", "qwen3"])
 def test_student_keeps_family_attention_and_starts_jet_from_it(tmp_path, make):
     from jet_jax.config import JetBlockConfig, hybrid_layer_types
-    from train.flat_model import FlatModel
-    from train.student import student_from_teacher
+    from jet_jax_train.flat_model import FlatModel
+    from jet_jax_train.student import student_from_teacher
 
     make(tmp_path / "t", layers=3, heads=4, kv=2, head_dim=8, hidden=32)
     teacher = from_hf(tmp_path / "t")

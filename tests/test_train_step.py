@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs.presets import TINY_QWEN2
+from jet_jax_configs.presets import TINY_QWEN2
 from jet_jax.config import JetBlockConfig, hybrid_layer_types
 from jet_jax.model import JetNemotronForCausalLM
 from jet_jax.sharding import make_mesh
-from train.config import LossSection, OptimizerSection
-from train.flat_model import FlatModel
-from train.optimizer import FROZEN, TRAINABLE
-from train.student import student_from_teacher
-from train.train_step import DistillStep
+from jet_jax_train.config import LossSection, OptimizerSection
+from jet_jax_train.flat_model import FlatModel
+from jet_jax_train.optimizer import FROZEN, TRAINABLE
+from jet_jax_train.student import student_from_teacher
+from jet_jax_train.train_step import DistillStep
 
 JET = JetBlockConfig(num_heads=4, head_dim=16, expand_v=1.0, conv_size=4, dconv_generator_reduction=8)
 LAYERS = hybrid_layer_types(4, attn=(1,), swa=(2,))

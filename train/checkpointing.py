@@ -29,7 +29,7 @@ Several processes (a pod): every process calls `maybe_save` / `restore` at the s
 Orbax writes each process's array shards, and the JSON items are written by process 0. The
 data states of the processes differ (each reads its own input shards), so `maybe_save`
 gathers them and stores their union (`merge_process_states`: nested dicts merged key by key;
-the shard-keyed states of train.data.pipeline never collide, identical values are kept once,
+the shard-keyed states of jet_jax_train.data.pipeline never collide, identical values are kept once,
 conflicting values are an error naming the key). Every process restores the union and picks
 its part, on any process count.
 

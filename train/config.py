@@ -1,6 +1,6 @@
 """The one config engine: frozen dataclasses, Python config files and `--set` overrides.
 
-`TrainConfig` (distillation) and `train.postnas.config.PostNASConfig` are both plain frozen
+`TrainConfig` (distillation) and `jet_jax_train.postnas.config.PostNASConfig` are both plain frozen
 dataclasses whose sections are dataclasses too (`DataConfig`, `OptimizerSection`, ...); the
 functions here work on any of them:
 
@@ -27,7 +27,7 @@ import typing
 from typing import Any, Sequence
 
 from jet_jax.config import JetBlockConfig
-from train.data.pipeline import DataConfig
+from jet_jax_train.data.pipeline import DataConfig
 
 
 class ConfigError(ValueError):
@@ -105,7 +105,7 @@ class LossSection:
     mse_weight: float = 0.0
     mse_layers: tuple[int, ...] | None = None
     # > 0: KL/CE computed this many sequence positions at a time from the final hidden
-    # states, so [B, T, vocab] float32 logits never exist whole (train.losses); 0: whole.
+    # states, so [B, T, vocab] float32 logits never exist whole (jet_jax_train.losses); 0: whole.
     logits_chunk: int = 0
 
     def __post_init__(self):

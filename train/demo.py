@@ -1,6 +1,6 @@
 """`jet-jax demo`: the whole PostNAS pipeline on embedded data, on a CPU.
 
-Default: `configs/postnas_tiny.py` through `train.postnas.cli.pipeline` (tiny teacher ->
+Default: `configs/postnas_tiny.py` through `jet_jax_train.postnas.cli.pipeline` (tiny teacher ->
 super-network -> placement search -> block selection -> hardware search -> final distillation
 of the searched and baseline placements -> evaluation vs the teacher -> HF export -> report.md)
 in 10-13 minutes on 2 CPU cores. `--full` runs `configs/postnas_full.py` (longer training
@@ -29,10 +29,11 @@ import time
 import jax
 import jax.numpy as jnp
 
-from train.pretrain import ce_train_step, train_teacher  # noqa: F401  (re-exported)
+import jet_jax_configs
+from jet_jax_train.pretrain import ce_train_step, train_teacher  # noqa: F401  (re-exported)
 
 DEFAULT_OUT = "runs/demo"
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+CONFIG_DIR = os.path.dirname(jet_jax_configs.__file__)  # configs/, wherever it is installed
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -60,7 +61,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Validate every setting first (one-line error, nothing written), then run."""
-    from train.config import ConfigError
+    from jet_jax_train.config import ConfigError
     try:
         cfg = distill_demo_config(args) if args.distill_only else postnas_demo_config(args)
     except ConfigError as e:
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.distill_only:
         return run_distill_demo(args, cfg)
-    from train.postnas.cli import pipeline, preflight
+    from jet_jax_train.postnas.cli import pipeline, preflight
     problem = preflight(cfg, "pipeline")
     if problem:
         print(f"jet-jax demo: error: {problem}", file=sys.stderr)
@@ -79,8 +80,8 @@ def run(args: argparse.Namespace) -> int:
 
 def postnas_demo_config(args: argparse.Namespace):
     """configs/postnas_tiny.py (or _full.py with --full), then --set, then --output-dir."""
-    from train.config import apply_overrides
-    from train.postnas.config import load_config
+    from jet_jax_train.config import apply_overrides
+    from jet_jax_train.postnas.config import load_config
     name = "postnas_full.py" if args.full else "postnas_tiny.py"
     cfg = apply_overrides(load_config(os.path.join(CONFIG_DIR, name)), args.set)
     if args.output_dir or not args.full:
@@ -91,8 +92,8 @@ def postnas_demo_config(args: argparse.Namespace):
 def distill_demo_config(args: argparse.Namespace):
     """configs/demo.py's distillation stage with the demo's options, then --set (TrainConfig
     keys, e.g. train.steps=50)."""
-    from configs import demo as demo_cfg
-    from train.config import apply_overrides
+    from jet_jax_configs import demo as demo_cfg
+    from jet_jax_train.config import apply_overrides
     out = os.path.abspath(args.output_dir or os.path.join(DEFAULT_OUT, "distill"))
     cfg = demo_cfg.get_config()
     data = cfg.data
@@ -110,8 +111,8 @@ def distill_demo_config(args: argparse.Namespace):
 
 
 def run_distill_demo(args: argparse.Namespace, cfg) -> int:
-    from configs import demo as demo_cfg
-    from train.distill import run_distill
+    from jet_jax_configs import demo as demo_cfg
+    from jet_jax_train.distill import run_distill
 
     t0 = time.perf_counter()
     out = os.path.abspath(args.output_dir or os.path.join(DEFAULT_OUT, "distill"))

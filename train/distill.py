@@ -26,17 +26,17 @@ from flax import nnx
 
 from jet_jax.config import ModelConfig, hybrid_layer_types
 from jet_jax.model import JetNemotronForCausalLM
-from train.checkpointing import TrainCheckpointer
-from train.config import ConfigError, TrainConfig, to_dict
-from train.data.mqar import mqar_accuracy
-from train.data.pipeline import make_eval_batches, make_mqar_eval_batches, make_train_iterator
-from train.distributed import initialize_distributed, mesh_from_config
-from train.flat_model import FlatModel
-from train.loop import TrainLoop
-from train.metrics import MetricsWriter
-from train.preemption import Preemption
-from train.student import student_from_teacher
-from train.train_step import DistillStep
+from jet_jax_train.checkpointing import TrainCheckpointer
+from jet_jax_train.config import ConfigError, TrainConfig, to_dict
+from jet_jax_train.data.mqar import mqar_accuracy
+from jet_jax_train.data.pipeline import make_eval_batches, make_mqar_eval_batches, make_train_iterator
+from jet_jax_train.distributed import initialize_distributed, mesh_from_config
+from jet_jax_train.flat_model import FlatModel
+from jet_jax_train.loop import TrainLoop
+from jet_jax_train.metrics import MetricsWriter
+from jet_jax_train.preemption import Preemption
+from jet_jax_train.student import student_from_teacher
+from jet_jax_train.train_step import DistillStep
 
 log = logging.getLogger(__name__)
 

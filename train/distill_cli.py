@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from train.config import ConfigError, apply_overrides, load_config_file, to_dict
+from jet_jax_train.config import ConfigError, apply_overrides, load_config_file, to_dict
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +23,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from train.distill import check_teacher, run_distill
+    from jet_jax_train.distill import check_teacher, run_distill
 
     try:
         cfg = apply_overrides(load_config_file(args.config), args.overrides)

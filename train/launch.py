@@ -1,12 +1,12 @@
 """Run a `jet-jax` command as several JAX processes on this machine (what a pod does per host).
 
-    python -m train.launch --processes 2 --cpu-devices-per-process 4 -- \\
+    python -m jet_jax_train.launch --processes 2 --cpu-devices-per-process 4 -- \\
         distill --config configs/distill_tiny.py --set mesh.shape="(2, 2, 2)" \\
         --set data.num_shards=2
 
 Every process runs `python -m jet_jax.cli <command...>` with
 JAX_COORDINATOR_ADDRESS=127.0.0.1:<free port>, JAX_NUM_PROCESSES and JAX_PROCESS_ID set, which
-`train.distributed.initialize_distributed` passes to `jax.distributed.initialize`; with
+`jet_jax_train.distributed.initialize_distributed` passes to `jax.distributed.initialize`; with
 `--cpu-devices-per-process D` each process gets D fake CPU devices (JAX_PLATFORMS=cpu,
 XLA_FLAGS=--xla_force_host_platform_device_count=D), so 2 x 4 forms the same 8-device mesh a
 single process with 8 fake devices has. On a real pod the scheduler starts one process per
@@ -14,7 +14,7 @@ host instead and JAX detects the cluster by itself; this launcher is for testing
 one machine (and for a multi-process run on one multi-GPU node).
 
 Supervision: SIGTERM / SIGINT to the launcher is forwarded to every process (they agree on a
-step, save a checkpoint and exit 0, see train.preemption). When a process exits non-zero the
+step, save a checkpoint and exit 0, see jet_jax_train.preemption). When a process exits non-zero the
 others are given `--grace` seconds (default: the heartbeat timeout + 30 s) to stop by
 themselves - JAX aborts them once it notices the lost peer - and are then killed. The launcher
 exits with 0 if every process did, else with the first non-zero exit status (128 + signal for
@@ -110,8 +110,8 @@ def supervise(procs: list[subprocess.Popen], grace_s: float, print_fn=print) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from train.distributed import heartbeat_timeout_s
-    ap = argparse.ArgumentParser(prog="python -m train.launch", description=__doc__.split("\n")[0])
+    from jet_jax_train.distributed import heartbeat_timeout_s
+    ap = argparse.ArgumentParser(prog="python -m jet_jax_train.launch", description=__doc__.split("\n")[0])
     ap.add_argument("--processes", type=int, required=True)
     ap.add_argument("--cpu-devices-per-process", type=int, default=None,
                     help="fake CPU devices per process (testing on one machine)")

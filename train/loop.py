@@ -1,5 +1,5 @@
-"""The one training loop. Teacher pre-training (`train.pretrain.train_teacher`), distillation
-(`train.distill.run_distill`) and super-network training (`train.postnas.trainer`) are
+"""The one training loop. Teacher pre-training (`jet_jax_train.pretrain.train_teacher`), distillation
+(`jet_jax_train.distill.run_distill`) and super-network training (`jet_jax_train.postnas.trainer`) are
 configurations of it: what differs is the step function, where its inputs come from and
 the hooks (logging, evaluation, checkpointing), in the manner of levanter's Trainer.
 

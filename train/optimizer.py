@@ -25,7 +25,7 @@ from typing import Mapping
 import jax
 import optax
 
-from train.config import OptimizerSection
+from jet_jax_train.config import OptimizerSection
 
 TRAINABLE, FROZEN = "trainable", "frozen"
 

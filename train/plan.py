@@ -67,7 +67,7 @@ DTYPES = {"f32": jnp.float32, "float32": jnp.float32, "bf16": jnp.bfloat16,
           "bfloat16": jnp.bfloat16, "f16": jnp.float16, "float16": jnp.float16}
 
 # What --frozen-mlp freezes: the PostNAS stage's frozen set (token embeddings / untied head,
-# the MLPs, the decoder RMSNorms and the final norm); mirrors train.config.OptimizerSection.
+# the MLPs, the decoder RMSNorms and the final norm); mirrors jet_jax_train.config.OptimizerSection.
 FROZEN_PATTERNS = (r"^model/embed_tokens/", r"/mlp/", r"/input_layernorm/",
                    r"/post_attention_layernorm/", r"^model/norm/", r"^lm_head/")
 
@@ -79,8 +79,8 @@ def load_config(model: str | ModelConfig) -> ModelConfig:
     """A preset name from configs/presets.py, an HF config.json path, or a directory with one."""
     if isinstance(model, ModelConfig):
         return model
-    from configs.presets import PRESETS
-    from configs.teachers import STUDENTS, TEACHERS
+    from jet_jax_configs.presets import PRESETS
+    from jet_jax_configs.teachers import STUDENTS, TEACHERS
     PRESETS = {**PRESETS, **TEACHERS, **STUDENTS}
     if model in PRESETS:
         return PRESETS[model]
@@ -252,7 +252,7 @@ def plan_memory(model: str | ModelConfig, mesh: Sequence[int] | str, *, batch_pe
     the teacher's attention + a JetBlock of `model.jet`; only the JetBlocks train).
     chip: a key of CHIPS; adds the step-time estimate (`step_time_s`) and the HBM fit.
     """
-    from train.distributed import parse_mesh
+    from jet_jax_train.distributed import parse_mesh
     t0 = time.perf_counter()
     cfg = load_config(model)
     mesh_shape = parse_mesh(mesh)
@@ -566,7 +566,7 @@ def xla_step_memory(student: str | ModelConfig, teacher: str | ModelConfig,
                     mesh_shape: Sequence[int], *, batch_per_device: int, seq_len: int,
                     dtype: str = "float32", remat: bool = False,
                     logits_chunk: int = 0) -> dict[str, int]:
-    """Compile (never run) the real distillation train step (`train.train_step.DistillStep`,
+    """Compile (never run) the real distillation train step (`jet_jax_train.train_step.DistillStep`,
     default optimizer: AdamW with the MLP/embeddings/norms frozen) on abstract shapes on the
     devices present and return XLA's per-device `memory_analysis()`: argument, output, alias
     and temp bytes, and `peak` = arguments + temp + outputs not aliased to (donated)
@@ -575,10 +575,10 @@ def xla_step_memory(student: str | ModelConfig, teacher: str | ModelConfig,
     import jax
 
     from jet_jax.convert.hf import abstract_model
-    from train.config import LossSection, OptimizerSection
-    from train.distributed import mesh_from_config
-    from train.flat_model import FlatModel
-    from train.train_step import BATCH_KEYS, DistillStep, batch_sharding
+    from jet_jax_train.config import LossSection, OptimizerSection
+    from jet_jax_train.distributed import mesh_from_config
+    from jet_jax_train.flat_model import FlatModel
+    from jet_jax_train.train_step import BATCH_KEYS, DistillStep, batch_sharding
     dt = _dtype(dtype)
     scfg, tcfg = load_config(student), load_config(teacher)
     mesh = mesh_from_config(tuple(mesh_shape))
@@ -609,7 +609,7 @@ def scaling_rows(seq_len: int = 4096, batch_per_device: int = 1) -> list[dict]:
     """Recommended mesh and plan of each big teacher's super-network (PostNAS, JetBlocks train)
     and final student (all parameters train) on each target; remat on, bf16 compute and
     teacher, f32 parameters and AdamW moments."""
-    from configs.teachers import STUDENT_OF, TEACHERS
+    from jet_jax_configs.teachers import STUDENT_OF, TEACHERS
     rows = []
     for tname in TEACHERS:
         for stage, supernet in (("super-network", True), ("student", False)):
@@ -648,4 +648,4 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["--scaling-table"]:
         print(scaling_markdown(scaling_rows()))
     else:
-        print("usage: python -m train.plan --scaling-table   (or: jet-jax plan --help)")
+        print("usage: python -m jet_jax_train.plan --scaling-table   (or: jet-jax plan --help)")

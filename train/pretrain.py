@@ -1,5 +1,5 @@
 """Pre-training a teacher from scratch: cross-entropy on the training mixture, on the one
-training loop (`train.loop.TrainLoop`) with the distillation optimizer (`train.optimizer`,
+training loop (`jet_jax_train.loop.TrainLoop`) with the distillation optimizer (`jet_jax_train.optimizer`,
 nothing frozen). Used by `jet-jax demo --distill-only` and by PostNAS when no teacher is given.
 """
 
@@ -12,17 +12,17 @@ from flax import nnx
 
 from jet_jax.convert.hf import to_hf
 from jet_jax.model import JetNemotronForCausalLM
-from train.config import OptimizerSection
-from train.data.pipeline import make_train_iterator
-from train.flat_model import FlatModel
-from train.losses import cross_entropy
-from train.loop import TrainLoop
-from train.optimizer import make_optimizer, param_labels
+from jet_jax_train.config import OptimizerSection
+from jet_jax_train.data.pipeline import make_train_iterator
+from jet_jax_train.flat_model import FlatModel
+from jet_jax_train.losses import cross_entropy
+from jet_jax_train.loop import TrainLoop
+from jet_jax_train.optimizer import make_optimizer, param_labels
 
 
 def ce_train_step(flat, tx):
     """Jitted (params, opt_state, batch) -> (params, opt_state, loss): one cross-entropy step
-    of `flat` (a train.flat_model.FlatModel) with the optax transform `tx`."""
+    of `flat` (a jet_jax_train.flat_model.FlatModel) with the optax transform `tx`."""
 
     @jax.jit
     def step(params, opt_state, batch):
@@ -37,8 +37,8 @@ def ce_train_step(flat, tx):
 
 def train_teacher(model_cfg, data_cfg, *, steps: int, lr: float, warmup_steps: int, seed: int,
                   out_dir: str, progress: str = "tqdm", print_fn=print) -> dict:
-    """Cross-entropy pre-training of a Qwen2-architecture model on `train.loop.TrainLoop`, with
-    the distillation optimizer (`train.optimizer`, nothing frozen); saved with `to_hf`."""
+    """Cross-entropy pre-training of a Qwen2-architecture model on `jet_jax_train.loop.TrainLoop`, with
+    the distillation optimizer (`jet_jax_train.optimizer`, nothing frozen); saved with `to_hf`."""
     if not model_cfg.is_qwen2:
         raise ValueError("the demo teacher must be a Qwen2 (all-attn) config")
     model = JetNemotronForCausalLM(model_cfg, rngs=nnx.Rngs(seed))

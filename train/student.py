@@ -81,7 +81,7 @@ def student_from_teacher(teacher_model: JetNemotronForCausalLM, layer_types, *,
     """Student model (see module docstring); with `return_sources`, also a dict
     {flat param name: where its initial value came from}."""
     # Imported here: flat_model is a training helper, student only needs its naming.
-    from train.flat_model import FlatModel
+    from jet_jax_train.flat_model import FlatModel
 
     tcfg = teacher_model.config
     scfg = student_config(tcfg, layer_types, jet=jet, window_size=window_size)

@@ -24,10 +24,10 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jet_jax.sharding import constrain, step_mesh
-from train.config import LossSection, OptimizerSection
-from train.flat_model import FlatModel
-from train.losses import distill_loss
-from train.optimizer import FROZEN, TRAINABLE, make_optimizer, param_labels
+from jet_jax_train.config import LossSection, OptimizerSection
+from jet_jax_train.flat_model import FlatModel
+from jet_jax_train.losses import distill_loss
+from jet_jax_train.optimizer import FROZEN, TRAINABLE, make_optimizer, param_labels
 
 BATCH_KEYS = ("input_ids", "segment_ids", "positions", "targets", "loss_mask")
 BATCH_AXES = ("data", "fsdp")
@@ -70,7 +70,7 @@ class DistillStep:
     mesh: Mesh
     total_steps: int  # optimizer steps, for the lr schedule
     # > 0: KL/CE from hidden states over sequence chunks of this many positions, so the
-    # [B, T, vocab] float32 logits never exist whole (train.losses.chunked_kl_and_ce).
+    # [B, T, vocab] float32 logits never exist whole (jet_jax_train.losses.chunked_kl_and_ce).
     # None: the loss section's `logits_chunk` if it has one, else 0 (whole logits).
     logits_chunk: int | None = None
 

@@ -19,7 +19,7 @@ import dataclasses
 
 import numpy as np
 
-from train.data.mqar import MQARSource, check_token_range
+from jet_jax_train.data.mqar import MQARSource, check_token_range
 
 
 @dataclasses.dataclass(frozen=True)

@@ -35,7 +35,7 @@ Checkpointing: the returned iterator is a ``grain.DatasetIterator``;
 ``it.set_state(state)`` on a fresh iterator from the same config reproduces
 exactly the batches that would have followed. ``set_state`` also accepts the
 union of all processes' states (what the trainer's checkpoint stores, see
-train.checkpointing) and picks its own shards, on any process count.
+jet_jax_train.checkpointing) and picks its own shards, on any process count.
 
 Every batch is a dict of numpy arrays [B_local, T] (see packing.ROW_KEYS):
 input_ids, segment_ids, positions, targets int32; loss_mask float32.
@@ -50,10 +50,10 @@ import grain
 import jax
 import numpy as np
 
-from train.data import packing
-from train.data.copy_task import CopyConfig, CopySource
-from train.data.mqar import MQARConfig, MQARSource
-from train.data.sources import SourceConfig, open_document_source
+from jet_jax_train.data import packing
+from jet_jax_train.data.copy_task import CopyConfig, CopySource
+from jet_jax_train.data.mqar import MQARConfig, MQARSource
+from jet_jax_train.data.sources import SourceConfig, open_document_source
 from jet_jax.tokenizer import load_tokenizer
 
 

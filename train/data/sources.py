@@ -31,8 +31,8 @@ from typing import Literal
 
 import numpy as np
 
-from train.data.copy_task import CopyConfig
-from train.data.mqar import MQARConfig
+from jet_jax_train.data.copy_task import CopyConfig
+from jet_jax_train.data.mqar import MQARConfig
 
 SourceKind = Literal["text", "jsonl", "parquet", "shakespeare", "mqar", "copy"]
 _KINDS = ("text", "jsonl", "parquet", "shakespeare", "mqar", "copy")
@@ -45,7 +45,7 @@ class SourceConfig:
 
     kind: "text" | "jsonl" | "parquet" (need ``paths``), "shakespeare" (the
         embedded default corpus, fetched once), "mqar" (synthetic recall) or "copy"
-        (synthetic copying, train.data.copy_task).
+        (synthetic copying, jet_jax_train.data.copy_task).
     paths: files, directories (text: every ``*.txt`` below it) or glob patterns.
     field: JSONL key / parquet column holding the document text.
     weight: relative sampling weight of this source's packed rows.
@@ -317,7 +317,7 @@ def open_document_source(cfg: SourceConfig, split: Literal["train", "eval"]):
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
     if cfg.kind == "shakespeare":
-        from train.data.shakespeare import load_shakespeare  # Network on first use only.
+        from jet_jax_train.data.shakespeare import load_shakespeare  # Network on first use only.
 
         return ChunkedSource(ListSource(load_shakespeare(split)), cfg.max_doc_chars)
     if cfg.kind == "text":

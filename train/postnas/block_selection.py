@@ -22,12 +22,12 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 
-from train.postnas import throughput as tp
-from train.postnas.placement_search import TaskSuite, normalize, objective_of, objective_se
-from train.postnas.progress import bar
-from train.postnas.supernet import (SuperNetwork, count_params, extract_subnet,
+from jet_jax_train.postnas import throughput as tp
+from jet_jax_train.postnas.placement_search import TaskSuite, normalize, objective_of, objective_se
+from jet_jax_train.postnas.progress import bar
+from jet_jax_train.postnas.supernet import (SuperNetwork, count_params, extract_subnet,
                                     layer_types_from_choice)
-from train.postnas.trainer import SupernetTrainConfig, train_supernet
+from jet_jax_train.postnas.trainer import SupernetTrainConfig, train_supernet
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,8 +10,8 @@ then `--set key=value` overrides) and works in `output_dir`:
     final/<name>/     HF export of the final student (JetBlock placements)
     results.json      every measurement of `pipeline`; report.md + PNGs are generated from it
 
-The stages live in `train.postnas.stages`, the end-to-end run in `train.postnas.pipeline`,
-the report in `train.postnas.report`; this module only parses arguments and dispatches.
+The stages live in `jet_jax_train.postnas.stages`, the end-to-end run in `jet_jax_train.postnas.pipeline`,
+the report in `jet_jax_train.postnas.report`; this module only parses arguments and dispatches.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ import json
 import sys
 from pathlib import Path
 
-from train.config import ConfigError, apply_overrides
-from train.postnas.config import PostNASConfig, load_config
-from train.postnas.pipeline import pipeline  # noqa: F401 - `jet-jax demo` runs it from here
-from train.postnas.progress import log
-from train.postnas.stages import (get_teacher, load_supernet, placement_from,
+from jet_jax_train.config import ConfigError, apply_overrides
+from jet_jax_train.postnas.config import PostNASConfig, load_config
+from jet_jax_train.postnas.pipeline import pipeline  # noqa: F401 - `jet-jax demo` runs it from here
+from jet_jax_train.postnas.progress import log
+from jet_jax_train.postnas.stages import (get_teacher, load_supernet, placement_from,
                                   references as _references, stage_blocks, stage_hardware,
                                   stage_search, stage_supernet, task_suite)
 

@@ -1,4 +1,4 @@
-"""PostNAS pipeline settings, on the one config engine (`train.config`).
+"""PostNAS pipeline settings, on the one config engine (`jet_jax_train.config`).
 
 A config file defines `CONFIG = PostNASConfig(...)` (e.g. configs/postnas_tiny.py);
 `--set key=value` overrides a setting and `--set mqar.num_pairs=4` one field of a section.
@@ -13,10 +13,10 @@ import dataclasses
 import os
 from typing import ClassVar
 
-from train.config import ConfigError, load_config_file
-from train.data.copy_task import CopyConfig
-from train.data.mqar import MQARConfig
-from train.postnas.sampling import RULES
+from jet_jax_train.config import ConfigError, load_config_file
+from jet_jax_train.data.copy_task import CopyConfig
+from jet_jax_train.data.mqar import MQARConfig
+from jet_jax_train.postnas.sampling import RULES
 
 
 _COUNTS = ("teacher_steps", "supernet_steps", "block_steps", "hardware_steps", "final_steps",

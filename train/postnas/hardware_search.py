@@ -39,13 +39,13 @@ from collections.abc import Callable, Iterator
 import numpy as np
 from flax import nnx
 
-from train.postnas import stats
-from train.postnas import throughput as tp
-from train.postnas.block_selection import ThroughputConfig, evaluate_architecture
-from train.postnas.placement_search import TaskSuite
-from train.postnas.progress import bar
-from train.postnas.supernet import build_linear_mixer
-from train.postnas.trainer import SupernetTrainConfig
+from jet_jax_train.postnas import stats
+from jet_jax_train.postnas import throughput as tp
+from jet_jax_train.postnas.block_selection import ThroughputConfig, evaluate_architecture
+from jet_jax_train.postnas.placement_search import TaskSuite
+from jet_jax_train.postnas.progress import bar
+from jet_jax_train.postnas.supernet import build_linear_mixer
+from jet_jax_train.postnas.trainer import SupernetTrainConfig
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,7 +5,7 @@
     seeds each) -> 7 evaluation + export -> 8 report
 
 Everything measured goes into `<output_dir>/results.json`; `report.md` and every PNG are
-then generated from that file alone (`train.postnas.report.write_report`), so the tables and
+then generated from that file alone (`jet_jax_train.postnas.report.write_report`), so the tables and
 the plots cannot disagree. A line "[stage i/N] name" opens each stage; the long stages show
 a progress bar with rate and ETA.
 """
@@ -20,10 +20,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from train.postnas import stages
-from train.postnas.config import PostNASConfig
-from train.postnas.progress import log
-from train.postnas.report import write_report
+from jet_jax_train.postnas import stages
+from jet_jax_train.postnas.config import PostNASConfig
+from jet_jax_train.postnas.progress import log
+from jet_jax_train.postnas.report import write_report
 
 RESULTS_FILE = "results.json"
 

@@ -50,8 +50,8 @@ from flax import nnx
 
 from jet_jax.evaluation import MCExample, Request, Scorer
 from jet_jax.evaluation.multiple_choice import multiple_choice_metrics, multiple_choice_requests
-from train.postnas.progress import bar
-from train.postnas.supernet import ATTN, LINEAR, SWA, SuperNetwork, layer_types_from_choice
+from jet_jax_train.postnas.progress import bar
+from jet_jax_train.postnas.supernet import ATTN, LINEAR, SWA, SuperNetwork, layer_types_from_choice
 
 NORMALIZED_RANGE = (-5.0, 5.0)
 # Accuracy tasks whose references differ by less than this (absolute) do not separate them.
@@ -140,7 +140,7 @@ def mc_task(examples: Sequence[MCExample], tokenizer, batch_size: int = 8) -> MC
 class TaskSuite:
     """Scores any sub-network of a super-network (or a plain model) on the enabled tasks.
 
-    lm_batches: held-out LM batches ([B, T] rows, train.data format); enables lm_loss and kl.
+    lm_batches: held-out LM batches ([B, T] rows, jet_jax_train.data format); enables lm_loss and kl.
     mqar_batches: MQAR eval batches (loss_mask at answers); enables mqar.
     copy_batches: copy-task eval batches (loss_mask on the second copy); enables copy.
     mc: an `MCTask` (see `mc_task`); enables mc.

@@ -4,7 +4,7 @@ show the same numbers). Also the building blocks: markdown tables and matplotlib
 (importance heatmaps, hardware scatter, final scores with error bars, training curves), with
 the non-interactive Agg backend (headless machines).
 
-`python -m train.postnas.report RUN_DIR/results.json` regenerates the report.
+`python -m jet_jax_train.postnas.report RUN_DIR/results.json` regenerates the report.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from train.postnas.placement_search import (LOWER_IS_BETTER, MIN_ACCURACY_SPAN, NORMALIZED_RANGE,
+from jet_jax_train.postnas.placement_search import (LOWER_IS_BETTER, MIN_ACCURACY_SPAN, NORMALIZED_RANGE,
                                             informative_tasks)
 
 
@@ -466,5 +466,5 @@ def write_report(results_path: str | os.PathLike) -> Path:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m train.postnas.report RUN_DIR/results.json")
+        sys.exit("usage: python -m jet_jax_train.postnas.report RUN_DIR/results.json")
     print(write_report(sys.argv[1]))

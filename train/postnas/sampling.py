@@ -19,7 +19,7 @@ import dataclasses
 
 import numpy as np
 
-from train.postnas.supernet import ATTN, LINEAR, SWA, as_choice
+from jet_jax_train.postnas.supernet import ATTN, LINEAR, SWA, as_choice
 
 RULES = ("uniform", "bernoulli", "fixed")
 

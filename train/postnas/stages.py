@@ -3,7 +3,7 @@
     get_teacher -> stage_supernet -> stage_search -> stage_blocks -> stage_hardware
     -> stage_finals (several seeds per placement) -> stage_evaluation (teacher + export)
 
-`train.postnas.pipeline` runs them in order and writes one results file; `train.postnas.cli`
+`jet_jax_train.postnas.pipeline` runs them in order and writes one results file; `jet_jax_train.postnas.cli`
 runs them one at a time. Files each stage writes under `output_dir`: teacher/ (HF directory),
 supernet/ (Orbax + supernet.json), search.json, blocks.json, hardware.json, final/<name>/.
 """
@@ -23,25 +23,25 @@ from jet_jax.config import JetBlockConfig
 from jet_jax.convert.hf import from_hf, to_hf
 from jet_jax.evaluation import read_mc_jsonl
 from jet_jax.presets import get_preset
-from train.config import LossSection, OptimizerSection
-from train.data import (ByteTokenizer, DataConfig, SourceConfig,
+from jet_jax_train.config import LossSection, OptimizerSection
+from jet_jax_train.data import (ByteTokenizer, DataConfig, SourceConfig,
                         make_eval_batches, make_mqar_eval_batches, make_task_eval_batches,
                         make_train_iterator)
-from train.postnas import stats
-from train.postnas.block_selection import (ThroughputConfig, build_student, objective,
+from jet_jax_train.postnas import stats
+from jet_jax_train.postnas.block_selection import (ThroughputConfig, build_student, objective,
                                            objective_error, select_block)
-from train.postnas.config import PostNASConfig
-from train.postnas.hardware_search import (HardwareSearchConfig, hardware_search,
+from jet_jax_train.postnas.config import PostNASConfig
+from jet_jax_train.postnas.hardware_search import (HardwareSearchConfig, hardware_search,
                                            shape_overrides)
-from train.postnas.placement_search import (LOWER_IS_BETTER, SearchConfig, TaskSuite,
+from jet_jax_train.postnas.placement_search import (LOWER_IS_BETTER, SearchConfig, TaskSuite,
                                             mc_task, search_placement,
                                             uniform_placement)
-from train.postnas.progress import bar, log
-from train.postnas.sampling import ChoiceSampler, SamplingConfig
-from train.postnas.supernet import (ATTN, LINEAR, SuperNetwork, choice_from_layer_types,
+from jet_jax_train.postnas.progress import bar, log
+from jet_jax_train.postnas.sampling import ChoiceSampler, SamplingConfig
+from jet_jax_train.postnas.supernet import (ATTN, LINEAR, SuperNetwork, choice_from_layer_types,
                                     extract_subnet, layer_types_from_choice)
-from train.postnas.throughput import cache_bytes, measure_decode_throughput
-from train.postnas.trainer import SupernetTrainConfig, train_supernet
+from jet_jax_train.postnas.throughput import cache_bytes, measure_decode_throughput
+from jet_jax_train.postnas.trainer import SupernetTrainConfig, train_supernet
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -98,7 +98,7 @@ def throughput_config(cfg: PostNASConfig) -> ThroughputConfig:
 
 
 def get_teacher(cfg: PostNASConfig, out: Path):
-    from train.postnas.teacher import load_teacher, pretrain_teacher
+    from jet_jax_train.postnas.teacher import load_teacher, pretrain_teacher
     if cfg.teacher:
         log(f"teacher: {cfg.teacher}")
         t = load_teacher(cfg.teacher, seed=cfg.seed)

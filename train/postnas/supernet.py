@@ -141,7 +141,7 @@ class SuperNetwork(nnx.Module):
         self.block = block
         self.enable_swa = enable_swa
         # Same parameter paths as JetNemotronForCausalLM ("model/embed_tokens", "model/layers/i/
-        # mlp", ...), so train.optimizer's default freezing regexes apply unchanged.
+        # mlp", ...), so jet_jax_train.optimizer's default freezing regexes apply unchanged.
         self.model = SuperModel(config, block, enable_swa=enable_swa, rngs=rngs, dtype=dtype,
                                 param_dtype=param_dtype)
         if not config.tie_word_embeddings:
@@ -278,7 +278,7 @@ def extract_subnet(supernet: SuperNetwork, layer_types: Sequence[str], *,
 
 
 def frozen_patterns(base: Sequence[str], train_attention: bool = False) -> tuple[str, ...]:
-    """train.optimizer freezing regexes for a super-network: `base` (embeddings, MLPs, norms by
+    """jet_jax_train.optimizer freezing regexes for a super-network: `base` (embeddings, MLPs, norms by
     default) plus the attention paths unless `train_attention`."""
     return tuple(base) + (() if train_attention else (r"/attn/",))
 

@@ -1,6 +1,6 @@
 """The pipeline's teacher: load one (`preset:<name>` or an HF directory, via
-`train.distill.load_teacher`), or pre-train a tiny full-attention model from scratch
-(`train.pretrain.train_teacher`: cross-entropy on the same Shakespeare + MQAR mixture, saved
+`jet_jax_train.distill.load_teacher`), or pre-train a tiny full-attention model from scratch
+(`jet_jax_train.pretrain.train_teacher`: cross-entropy on the same Shakespeare + MQAR mixture, saved
 as an HF directory) and load it back with `from_hf`."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from jet_jax.model import JetNemotronForCausalLM
 
 
 def load_teacher(spec: str, *, seed: int = 0) -> JetNemotronForCausalLM:
-    from train.distill import load_teacher as _load
+    from jet_jax_train.distill import load_teacher as _load
     return _load(spec, seed=seed)
 
 
@@ -20,7 +20,7 @@ def pretrain_teacher(config, data_config, *, steps: int, lr: float, out_dir: str
                      progress: str = "tqdm") -> JetNemotronForCausalLM:
     """Train `config` (all attention) from scratch, save it to `out_dir` (HF), return it."""
     from jet_jax.convert.hf import from_hf
-    from train.pretrain import train_teacher
+    from jet_jax_train.pretrain import train_teacher
     if not all(t == "attn" for t in config.layer_types):
         raise ValueError(f"a teacher must be all full attention, got {config.layer_types}")
     train_teacher(config, data_config, steps=steps, lr=lr, warmup_steps=warmup_steps, seed=seed,

@@ -1,13 +1,13 @@
 """Training a super-network by distillation from its teacher, on the distillation machinery.
 
-`SupernetDistillStep` is `train.train_step.DistillStep` (mesh, optimizer with freezing
-regexes, `train.losses.distill_loss`, train-state pytree) whose student forward also reads a
+`SupernetDistillStep` is `jet_jax_train.train_step.DistillStep` (mesh, optimizer with freezing
+regexes, `jet_jax_train.losses.distill_loss`, train-state pytree) whose student forward also reads a
 replicated `choice` [L] int32 from the batch: the sampled sub-network of that step, a traced
 array, so every sub-network shares one compiled step.
 
-`train_supernet` configures the training loop (`train.loop.TrainLoop`): per step draw `choice = sampler(step)` (deterministic in seed and
+`train_supernet` configures the training loop (`jet_jax_train.loop.TrainLoop`): per step draw `choice = sampler(step)` (deterministic in seed and
 step), take a batch from the grain iterator and update; optionally checkpoint
-(`train.checkpointing.TrainCheckpointer`, train state + data-iterator state) and resume.
+(`jet_jax_train.checkpointing.TrainCheckpointer`, train state + data-iterator state) and resume.
 With a "fixed" sampler the same loop is plain distillation of one architecture (used by block
 selection and hardware search so every candidate gets the identical recipe).
 """
@@ -22,12 +22,12 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jet_jax.sharding import make_mesh
-from train.config import LossSection, OptimizerSection
-from train.flat_model import FlatModel
-from train.loop import TrainLoop
-from train.postnas.sampling import ChoiceSampler
-from train.postnas.supernet import SuperNetwork, frozen_patterns
-from train.train_step import BATCH_AXES, DistillStep, shard_batch
+from jet_jax_train.config import LossSection, OptimizerSection
+from jet_jax_train.flat_model import FlatModel
+from jet_jax_train.loop import TrainLoop
+from jet_jax_train.postnas.sampling import ChoiceSampler
+from jet_jax_train.postnas.supernet import SuperNetwork, frozen_patterns
+from jet_jax_train.train_step import BATCH_AXES, DistillStep, shard_batch
 
 
 class SupernetDistillStep(DistillStep):
@@ -105,9 +105,9 @@ def train_supernet(supernet, teacher, data: Iterator[Mapping[str, np.ndarray]],
     loop, optimizer, loss and freezing rule (embeddings/MLPs/norms frozen; attention layers
     too unless `train_attention`), i.e. plain distillation with the identical recipe.
 
-    data: iterator of batches (dicts of [B, T] numpy arrays, train.data row format); a grain
+    data: iterator of batches (dicts of [B, T] numpy arrays, jet_jax_train.data row format); a grain
       DatasetIterator is checkpointed with the train state when `checkpoint_dir` is set.
-    Runs on `train.loop.TrainLoop` (progress bar labelled `stage`).
+    Runs on `jet_jax_train.loop.TrainLoop` (progress bar labelled `stage`).
     Returns (the trained super-network, history: [{"step", "loss", "kl", "ce", "choice",
     "tokens_per_s"}]). Training throughput excludes the first (compiling) step.
     """
@@ -134,7 +134,7 @@ def train_supernet(supernet, teacher, data: Iterator[Mapping[str, np.ndarray]],
     start = 0
     ckpt = None
     if cfg.checkpoint_dir:
-        from train.checkpointing import TrainCheckpointer
+        from jet_jax_train.checkpointing import TrainCheckpointer
         ckpt = TrainCheckpointer(cfg.checkpoint_dir, save_interval_steps=cfg.save_interval_steps,
                                  config_fingerprint={
                                      "postnas_supernet": getattr(supernet, "block", "student"),
