@@ -226,6 +226,14 @@ def informative_tasks(ref_linear: Mapping[str, float], ref_attn: Mapping[str, fl
     return out
 
 
+def _objective_terms(ref_linear, ref_attn, tasks, weights) -> tuple[list[str], list[float]]:
+    """The tasks the objective averages and their weights (see `objective_of`)."""
+    if tasks is None:
+        tasks = [t for t in ref_linear if not (t == "lm_loss" and "kl" in ref_linear)]
+    use = informative_tasks(ref_linear, ref_attn, tasks)
+    return use, [(weights or {}).get(t, 1.0) for t in use]
+
+
 def objective_of(normalized: Mapping[str, float], ref_linear, ref_attn, tasks=None,
                  weights: Mapping[str, float] | None = None) -> float:
     """Weighted mean normalized score over the informative tasks (0.0 if none is).
@@ -233,12 +241,9 @@ def objective_of(normalized: Mapping[str, float], ref_linear, ref_attn, tasks=No
     tasks None: every task except lm_loss when kl is present (held-out CE of a tiny teacher
     barely separates the references; KL to the teacher is the distillation target).
     """
-    if tasks is None:
-        tasks = [t for t in ref_linear if not (t == "lm_loss" and "kl" in ref_linear)]
-    use = informative_tasks(ref_linear, ref_attn, tasks)
+    use, w = _objective_terms(ref_linear, ref_attn, tasks, weights)
     if not use:
         return 0.0
-    w = [(weights or {}).get(t, 1.0) for t in use]
     return float(sum(wi * normalized[t] for wi, t in zip(w, use)) / max(sum(w), 1e-12))
 
 
@@ -246,12 +251,9 @@ def objective_se(se: Mapping[str, float], ref_linear, ref_attn, tasks=None,
                  weights: Mapping[str, float] | None = None) -> float:
     """Standard error of `objective_of` from the tasks' eval-set SEs (references held fixed):
     sqrt(sum_t (w_t se_t / span_t)^2) / sum_t w_t over the same tasks (clipping ignored)."""
-    if tasks is None:
-        tasks = [t for t in ref_linear if not (t == "lm_loss" and "kl" in ref_linear)]
-    use = informative_tasks(ref_linear, ref_attn, tasks)
+    use, w = _objective_terms(ref_linear, ref_attn, tasks, weights)
     if not use:
         return 0.0
-    w = [(weights or {}).get(t, 1.0) for t in use]
     var = sum((wi * se.get(t, float("nan")) / (ref_attn[t] - ref_linear[t])) ** 2
               for wi, t in zip(w, use))
     return float(math.sqrt(var) / max(sum(w), 1e-12))
