@@ -1,4 +1,6 @@
-"""`jet-jax postnas {supernet,search,blocks,hardware,pipeline}`.
+"""`jet-jax postnas`: PostNAS search of where to keep attention and which linear block to use.
+
+    jet-jax postnas {supernet,search,blocks,hardware,pipeline} [--config FILE] [--set KEY=VALUE]
 
 Every stage reads the same settings (`--config FILE` defining `CONFIG = PostNASConfig(...)`,
 then `--set key=value` overrides) and works in `output_dir`:
