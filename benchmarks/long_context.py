@@ -6,7 +6,9 @@
 "chunked" attention for long sequences). Tables:
 
   1. compile time (lower + compile on abstract shapes, nothing allocated) of the
-     Jet-Nemotron-2B preset's prefill chunk (2048 tokens, cache for 4096) and decode step;
+     Jet-Nemotron-2B preset's prefill chunk (2048 tokens, cache for 4096) and decode step, in
+     bf16 and f32, also for the code at git revision --baseline (default 4265ea6, the
+     revision the long-context issue measured), compiled in the same run;
   2. the compiled decode step's temporary memory as a fraction of its cache (all-attention
      model, 4 layers, batch 8, 8192 positions, float32; cache donated);
   3. one-sequence prefill tokens/s of the CPU student vs its teacher (jet_jax.commands.bench
@@ -14,7 +16,7 @@
   4. peak memory (XLA memory_analysis: arguments + outputs - aliases + temporaries) of a
      32K-token prefill in one chunk.
 
-    PYTHONPATH=. python benchmarks/long_context.py [--contexts 4096,16384] [--skip-2b]
+    PYTHONPATH=. python benchmarks/long_context.py [--contexts 4096,16384] [--skip-2b] [--baseline REV]
 """
 
 from __future__ import annotations
@@ -77,6 +79,60 @@ def compile_times(cfg, chunk=2048, context=4096, dtype=jnp.bfloat16, repeats=3):
     return out
 
 
+# Run inside a checkout of an older revision: its own prefill/decode steps, unrolled layers
+# (the code before this benchmark's changes knows no other mode); prints one JSON line.
+_BASELINE_SCRIPT = r"""
+import json, sys, time
+import jax, jax.numpy as jnp
+from flax import nnx
+import jet_jax.generation as gen
+from jet_jax.model import JetNemotronForCausalLM
+try:
+    from jet_jax_configs.presets import get_preset
+except ImportError:
+    from configs.presets import get_preset
+prefill = getattr(gen, "prefill_step", None) or gen._prefill_chunk
+cfg = get_preset("jet-nemotron-2b")
+out = {}
+for name in sys.argv[1].split(","):
+    dt = jnp.dtype(name)
+    model = nnx.eval_shape(lambda: JetNemotronForCausalLM(cfg, rngs=nnx.Rngs(0), dtype=dt, param_dtype=dt))
+    gd, st = nnx.split(model)
+    cache = jax.eval_shape(lambda: model.init_cache(1, 4096, dt))
+    i32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.int32)
+    best = [float("inf")] * 2
+    for _ in range(int(sys.argv[2])):
+        jax.clear_caches(); t0 = time.perf_counter()
+        prefill.lower(gd, st, i32(1, 2048), i32(1, 2048), i32(1, 2048), cache,
+                      jax.ShapeDtypeStruct((1,), bool)).compile()
+        t1 = time.perf_counter(); jax.clear_caches(); t2 = time.perf_counter()
+        gen.decode_step.lower(gd, st, i32(1), i32(1), cache).compile()
+        best = [min(best[0], t1 - t0), min(best[1], time.perf_counter() - t2)]
+    out[name] = best
+print(json.dumps(out))
+"""
+
+
+def baseline_compile_times(rev: str, dtypes=("bfloat16",), repeats=3) -> dict:
+    """compile_times of git revision `rev` (a temporary worktree, a child process with its
+    own imports): {dtype name: [prefill s, decode s]}."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = os.path.join(tmp, "tree")
+        subprocess.run(["git", "worktree", "add", "--detach", "-q", tree, rev], check=True)
+        try:
+            env = dict(os.environ, PYTHONPATH=tree)
+            res = subprocess.run([sys.executable, "-c", _BASELINE_SCRIPT, ",".join(dtypes), str(repeats)],
+                                 cwd=tree, env=env, capture_output=True, text=True, check=True)
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", tree], check=False)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
 def bytes_needed(compiled) -> int:
     ma = compiled.memory_analysis()
     return int(ma.argument_size_in_bytes + ma.output_size_in_bytes - ma.alias_size_in_bytes
@@ -120,6 +176,8 @@ def main(argv=None):
     p.add_argument("--prefill-chunk", type=int, default=2048)
     p.add_argument("--peak-tokens", type=int, default=32768)
     p.add_argument("--skip-2b", action="store_true", help="skip the Jet-Nemotron-2B compile table")
+    p.add_argument("--baseline", default="4265ea6",
+                   help="git revision compiled as 'base' in table 1 ('' to skip)")
     p.add_argument("--before-max-context", type=int, default=None,
                    help="time the 'before' prefill only up to this context (dense attention "
                         "is quadratic: 16K takes tens of minutes on two shared cores)")
@@ -129,14 +187,19 @@ def main(argv=None):
 
     if not args.skip_2b:
         from jet_jax_configs.presets import get_preset
-        ct = compile_times(get_preset("jet-nemotron-2b"))
-        print("\n1. compile time, Jet-Nemotron-2B preset, bf16 (lower + compile, abstract shapes; "
-              "best of 3, modes alternating)")
-        print(f"{'':8} {'prefill 2048 (s)':>17} {'decode step (s)':>16}")
-        for mode, (tp, td) in ct.items():
-            print(f"{mode:8} {tp:>17.1f} {td:>16.1f}")
-        print(f"{'after/before':8} {ct['after'][0] / ct['before'][0]:>12.2f} "
-              f"{ct['after'][1] / ct['before'][1]:>16.2f}", flush=True)
+        dtypes = ("bfloat16", "float32")
+        base = baseline_compile_times(args.baseline, dtypes) if args.baseline else {}
+        print("\n1. compile time, Jet-Nemotron-2B preset (lower + compile, abstract shapes; best of 3; "
+              f"prefill chunk 2048 with a 4096 cache, decode step; base = revision {args.baseline}, "
+              "unrolled, its own code)")
+        print(f"{'dtype':9} {'code':14} {'prefill (s)':>12} {'decode (s)':>11} "
+              f"{'prefill/base':>13} {'decode/base':>12}")
+        for name in dtypes:
+            ct = compile_times(get_preset("jet-nemotron-2b"), dtype=jnp.dtype(name))
+            rows = ([("base " + args.baseline, base[name])] if base else []) + list(ct.items())
+            for label, (tp, td) in rows:
+                ratio = (f"{tp / base[name][0]:>13.2f} {td / base[name][1]:>12.2f}" if base else "")
+                print(f"{name:9} {label:14} {tp:>12.2f} {td:>11.2f} {ratio}", flush=True)
 
     dt = decode_temp_fraction()
     print("\n2. decode step temporaries vs cache (4 attn layers, batch 8, 8192 positions, f32)")

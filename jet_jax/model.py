@@ -111,7 +111,7 @@ class JetNemotronForCausalLM(nnx.Module):
         self.config = config
         self.remat = remat
         self.scan_layers = scan_layers
-        self.layers_stacked = False  # True after `stack_layers`: model.layers holds one module per run
+        self.layers_stacked = False  # True after `stack_layers` (per-type stacks in model.layer_stacks)
         self.model = JetNemotronModel(config, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
                                       gdr_implementation=gdr_implementation,
                                       conv_implementation=conv_implementation,
@@ -147,19 +147,32 @@ class JetNemotronForCausalLM(nnx.Module):
             out.append(per_layer[0] if z - a == 1 else stack_trees(per_layer))
         return out
 
+    def stacked_types(self) -> tuple[str, ...]:
+        """Layer types whose parameters `stack_layers` stacks, one [n_type, ...] stack per type:
+        the types of multi-layer `cache_runs()` (linear layers; attention layers stay single)."""
+        lt = self.config.layer_types
+        return tuple(dict.fromkeys(lt[a] for a, z in self.cache_runs() if z - a > 1))
+
+    def _type_index(self, i: int) -> int:
+        """Row of layer i in its type's stack: how many layers of the same type precede it."""
+        lt = self.config.layer_types
+        return lt[:i].count(lt[i])
+
     def _layer(self, i: int, slice_params: bool = True) -> DecoderLayer:
-        """Layer i as a module (sliced out of its stacked run after `stack_layers`; with
-        `slice_params=False` the run's module itself, enough to describe the layer's cache)."""
+        """Layer i as a module (sliced out of its type's stack after `stack_layers`; with
+        `slice_params=False` the stack module itself, enough to describe the layer's cache)."""
         if not self.layers_stacked:
             return self.model.layers[i]
-        for r, (a, z) in enumerate(self.cache_runs()):
-            if a <= i < z:
-                mod = self.model.layers[r]
-                if z - a == 1 or not slice_params:
-                    return mod
-                graphdef, state = nnx.split(mod)
-                return nnx.merge(graphdef, jax.tree.map(lambda x: x[i - a], state))
-        raise IndexError(f"layer {i} out of range")
+        lt = self.config.layer_types
+        types = self.stacked_types()
+        if lt[i] not in types:
+            return self.model.layers[[j for j, t in enumerate(lt) if t not in types].index(i)]
+        mod = self.model.layer_stacks[types.index(lt[i])]
+        if not slice_params:
+            return mod
+        graphdef, state = nnx.split(mod)
+        row = self._type_index(i)
+        return nnx.merge(graphdef, jax.tree.map(lambda x: x[row], state))
 
     def cache_layer_types(self) -> list[str]:
         """The layer type of each entry of `init_cache`'s list."""
@@ -188,7 +201,7 @@ class JetNemotronForCausalLM(nnx.Module):
             raise ValueError(f"input_ids must be [batch, time], got shape {input_ids.shape}")
         if segment_ids is not None and segment_ids.shape != input_ids.shape:
             raise ValueError(f"segment_ids shape {segment_ids.shape} != input_ids shape {input_ids.shape}")
-        # A stacked model holds one module per cache run (attention layers stay single).
+        # A stacked model runs the cache runs (attention layers stay single).
         runs = self.layer_runs() if cache is None and not self.layers_stacked else self.cache_runs()
         if cache is not None and len(cache) != len(runs):
             raise ValueError(f"cache has {len(cache)} entries, model expects {len(runs)} "
@@ -227,56 +240,74 @@ class JetNemotronForCausalLM(nnx.Module):
         return logits
 
     def _scan_run(self, a, z, h, positions, segment_ids, cache, return_hidden):
-        """Layers a..z-1 (one run of `layer_runs()`) as one lax.scan over stacked parameters.
+        """Layers a..z-1 (one run of `layer_runs()`) as one lax.scan.
 
         The run's stacked cache travels in the carry and each layer's entry is written back
-        with a dynamic update, so a donated cache is updated in place. Parameters are stacked
-        here (a copy inside the program) unless `stack_layers` stacked them beforehand."""
+        with a dynamic update, so a donated cache is updated in place. After `stack_layers`
+        every run of a type indexes rows of that type's one parameter stack, so all runs of a
+        type compile to the same loop body (XLA reuses its kernels); otherwise the run's
+        parameters are stacked here (a copy inside the program) and scanned as inputs."""
+        n = z - a
         if self.layers_stacked:
-            graphdef, stacked = nnx.split(self.model.layers[self.cache_runs().index((a, z))])
+            t = self.config.layer_types[a]
+            graphdef, stack = nnx.split(self.model.layer_stacks[self.stacked_types().index(t)])
+            first = self._type_index(a)
+            rows = jnp.arange(first, first + n)
+            # XLA:CPU computes bf16 dots in f32 and would hoist that convert of the whole
+            # stack out of the loop (a float32 copy of every layer, per run); the barrier
+            # keeps it per layer. Other backends read the bf16 row directly.
+            pin = jax.lax.optimization_barrier if jax.default_backend() == "cpu" else (lambda x: x)
+            params = lambda i: pin(jax.tree.map(
+                lambda x: jax.lax.dynamic_index_in_dim(x, rows[i], 0, keepdims=False), stack))
+            xs = jnp.arange(n)
         else:
             layers = [self.model.layers[i] for i in range(a, z)]
             graphdef, _ = nnx.split(layers[0])
             stacked = stack_trees([nnx.state(layer) for layer in layers])
+            xs = (stacked, jnp.arange(n))
+            params = None
 
-        def body(carry, xs):
+        def body(carry, x):
             h, cache = carry
-            state, i = xs
+            state, i = (params(x), x) if params is not None else x
             layer = nnx.merge(graphdef, state)
             layer_cache = None if cache is None else jax.tree.map(
-                lambda x: jax.lax.dynamic_index_in_dim(x, i, 0, keepdims=False), cache)
+                lambda c: jax.lax.dynamic_index_in_dim(c, i, 0, keepdims=False), cache)
             h, new = layer(h, positions=positions, segment_ids=segment_ids, cache=layer_cache)
             h = _constrain_h(h)
             if cache is not None:
-                cache = jax.tree.map(lambda x, n: jax.lax.dynamic_update_index_in_dim(x, n, i, 0),
+                cache = jax.tree.map(lambda c, u: jax.lax.dynamic_update_index_in_dim(c, u, i, 0),
                                      cache, new)
             return (h, cache), (h if return_hidden else None)
 
         if self.remat and cache is None:
             body = jax.checkpoint(body)
-        (h, cache), hs = jax.lax.scan(body, (h, cache), (stacked, jnp.arange(z - a)))
-        return h, cache, ([hs[i] for i in range(z - a)] if return_hidden else [])
+        (h, cache), hs = jax.lax.scan(body, (h, cache), xs)
+        return h, cache, ([hs[i] for i in range(n)] if return_hidden else [])
 
 
 def stack_layers(model: JetNemotronForCausalLM) -> JetNemotronForCausalLM:
-    """A scanning view of `model` (arrays shared, `model` unchanged) whose `model.layers`
-    holds one module per run of `cache_runs()`, its parameters stacked [n, ...] once here,
-    so jitted inference no longer stacks them inside every call (attention layers stay
-    single: their KV buffers are updated in place). For inference; training, checkpoints
-    and HF conversion use the per-layer tree (`unstack_layers` goes back)."""
+    """A scanning view of `model` (arrays shared, `model` unchanged) for inference.
+
+    The layers of each type in `stacked_types()` (linear types with a multi-layer run) are
+    stacked once here into one [n_type, ...] module (`model.model.layer_stacks`), so jitted
+    steps no longer stack them and every run of a type shares one compiled loop body; the
+    other layers (attention: their KV buffers are updated in place) stay single in
+    `model.model.layers`. Training, checkpoints and HF conversion use the per-layer tree
+    (`unstack_layers` goes back)."""
     if model.layers_stacked:
         return model
     out = nnx.merge(*nnx.split(model))  # new module objects over the same arrays
     out.scan_layers = True
-    mods = []
-    for a, z in out.cache_runs():
-        layers = [out.model.layers[i] for i in range(a, z)]
-        if z - a == 1:
-            mods.append(layers[0])
-        else:
-            graphdef, _ = nnx.split(layers[0])
-            mods.append(nnx.merge(graphdef, stack_trees([nnx.state(layer) for layer in layers])))
-    out.model.layers = nnx.List(mods)
+    lt = out.config.layer_types
+    types = out.stacked_types()
+    stacks = []
+    for t in types:
+        layers = [out.model.layers[i] for i in range(len(lt)) if lt[i] == t]
+        graphdef, _ = nnx.split(layers[0])
+        stacks.append(nnx.merge(graphdef, stack_trees([nnx.state(layer) for layer in layers])))
+    out.model.layer_stacks = nnx.List(stacks)
+    out.model.layers = nnx.List([out.model.layers[i] for i in range(len(lt)) if lt[i] not in types])
     out.layers_stacked = True
     return out
 
@@ -286,13 +317,8 @@ def unstack_layers(model: JetNemotronForCausalLM) -> JetNemotronForCausalLM:
     if not model.layers_stacked:
         return model
     out = nnx.merge(*nnx.split(model))
-    layers = []
-    for mod, (a, z) in zip(out.model.layers, out.cache_runs()):
-        if z - a == 1:
-            layers.append(mod)
-        else:
-            graphdef, state = nnx.split(mod)
-            layers.extend(nnx.merge(graphdef, st) for st in unstack_tree(state, z - a))
+    layers = [out._layer(i) for i in range(out.config.num_hidden_layers)]
     out.model.layers = nnx.List(layers)
+    del out.model.layer_stacks
     out.layers_stacked = False
     return out

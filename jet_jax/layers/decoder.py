@@ -62,8 +62,11 @@ class DecoderLayer(nnx.Module):
     def __call__(self, x: jax.Array, *, positions: jax.Array, segment_ids: jax.Array | None = None,
                  cache: dict | None = None):
         """x: [B, T, D] -> (x' [B, T, D], new_cache or None)."""
-        h, new_cache = self.mix(self.input_layernorm(x), positions=positions,
-                                segment_ids=segment_ids, cache=cache)
+        # named scopes label the compiled ops (profiles: benchmarks/profile_prefill.py)
+        with jax.named_scope(f"mixer_{self.layer_type}"):
+            h, new_cache = self.mix(self.input_layernorm(x), positions=positions,
+                                    segment_ids=segment_ids, cache=cache)
         x = x + h
-        x = x + self.mlp(self.post_attention_layernorm(x))
+        with jax.named_scope("mlp"):
+            x = x + self.mlp(self.post_attention_layernorm(x))
         return x, new_cache

@@ -13,10 +13,11 @@ that sees no key (padding) outputs zeros.
 
 Implementations:
   "xla"     the reference: dense [Tq, Tk] scores, explicit mask, softmax.
-  "chunked" query blocks x key blocks with an online softmax (XLA): memory O(block * T), and
-            key blocks no query of a block can see (beyond the causal edge or the sliding
-            window) are skipped with a `lax.cond`; each query block is rematerialised in
-            the backward pass, so training memory is also linear in T.
+  "chunked" query blocks x key blocks with an online softmax (XLA): memory O(block * T);
+            per tile a `lax.switch` skips key blocks no query of the block can see (beyond
+            the causal edge or the sliding window) and builds no mask for tiles every query
+            sees whole; each query block is rematerialised in the backward pass, so
+            training memory is also linear in T.
   "cudnn"   jax.nn.dot_product_attention(implementation="cudnn") (GPU flash attention):
             causal + `local_window_size`, padding via `key_value_seq_lengths`; only the
             self-attention layouts it can express (default positions, right padding),
@@ -126,42 +127,68 @@ def _chunked(q, k, v, qpos, kpos, qseg, kseg, window, scale, q_block, kv_block):
     q, qpos, qseg = _pad_to(q, 1, bq, 0), _pad_to(qpos, 1, bq, -1), _pad_to(qseg, 1, bq, 0)
     k, v = _pad_to(k, 1, bk, 0), _pad_to(v, 1, bk, 0)
     kpos, kseg = _pad_to(kpos, 1, bk, -1), _pad_to(kseg, 1, bk, 0)
-    kb, vb, kposb, ksegb = _blocks(k, bk), _blocks(v, bk), _blocks(kpos, bk), _blocks(kseg, bk)
-    # Per key block and batch row: the range of valid key positions, to skip whole tiles.
+    # K and V tiles head-major once, [nk, B, n, bk, d], so no tile product transposes them
+    kb, vb = (jnp.moveaxis(_blocks(x, bk), 3, 2) for x in (k, v))
+    kposb, ksegb = _blocks(kpos, bk), _blocks(kseg, bk)
+    # Per key block and batch row: the range of valid key positions (to skip tiles no query
+    # sees), whether every key is valid, and the segment range (to spot fully visible tiles).
     big = jnp.iinfo(jnp.int32).max
     kmin = jnp.where(kposb >= 0, kposb, big).min(-1)  # [nk, B]
     kmax = kposb.max(-1)
+    kall = (kposb >= 0).all(-1)
+    ksmin, ksmax = ksegb.min(-1), ksegb.max(-1)
+
+    # float32 queries take the scale once per block instead of once per score (a full pass
+    # over every tile); lower precisions keep scaling the float32 scores, as the reference.
+    q_scale, s_scale = (scale, None) if q.dtype == jnp.float32 else (None, scale)
 
     def q_block_out(xs):
         qi, qposi, qsegi = xs  # [B, bq, n, g, d], [B, bq], [B, bq]
+        qi = jnp.moveaxis(qi, 1, 3)  # [B, n, g, bq, d], once per query block
+        if q_scale is not None:
+            qi = qi * q_scale
         qmax = qposi.max(-1)  # [B]
         qmin = jnp.where(qposi >= 0, qposi, big).min(-1)
+        qall = (qposi >= 0).all(-1)
+        qsmin, qsmax = qsegi.min(-1), qsegi.max(-1)
 
         def kv_step(carry, ys):
-            kj, vj, kposj, ksegj, kminj, kmaxj = ys
+            kj, vj, kposj, ksegj, kminj, kmaxj, kallj, ksminj, ksmaxj = ys
             live = (kminj <= qmax) & (kmaxj >= 0)
+            # every query sees every key: all valid, keys at or before the first query, inside
+            # the window of the last one, one shared segment. Most tiles of a long prefill are
+            # like this, and they need no mask (the masks cost as much as the exp on CPU).
+            full = qall & kallj & (kmaxj <= qmin) & (qsmin == qsmax) & (ksminj == ksmaxj) & (qsmin == ksminj)
             if window is not None:
                 live &= kmaxj > qmin - window
-            live = live.any()
+                full &= qmax - kminj < window
+            branch = jnp.where(live.any(), jnp.where(full.all(), 2, 1), 0)
 
-            def update(carry):
+            def update(carry, masked):
                 m, l, acc = carry
-                mask = visibility_mask(qposi, kposj, qsegi, ksegj, window)[:, None, None]
-                s = jnp.einsum("bqngd,bknd->bngqk", qi, kj, preferred_element_type=jnp.float32) * scale
-                s = jnp.where(mask, s, NEG_INF)
+                s = jnp.einsum("bngqd,bnkd->bngqk", qi, kj, preferred_element_type=jnp.float32)
+                if s_scale is not None:
+                    s = s * s_scale
+                if masked:
+                    mask = visibility_mask(qposi, kposj, qsegi, ksegj, window)[:, None, None]
+                    s = jnp.where(mask, s, NEG_INF)
                 m_new = jnp.maximum(m, s.max(-1))
-                p = jnp.exp(s - m_new[..., None]) * mask  # * mask: rows with nothing visible stay 0
-                corr = jnp.exp(m - m_new)
+                # a row with nothing visible yet keeps m = NEG_INF; shifting it by 0 instead
+                # makes its masked entries exp(NEG_INF) = 0 (no second select over the tile)
+                shift = jnp.where(m_new > NEG_INF, m_new, 0.0) if masked else m_new
+                p = jnp.exp(s - shift[..., None])
+                corr = jnp.exp(m - shift)
                 l = l * corr + p.sum(-1)
                 acc = acc * corr[..., None] + jnp.einsum(
-                    "bngqk,bknd->bngqd", p.astype(vj.dtype), vj, preferred_element_type=jnp.float32)
+                    "bngqk,bnkd->bngqd", p.astype(vj.dtype), vj, preferred_element_type=jnp.float32)
                 return m_new, l, acc
 
-            return jax.lax.cond(live, update, lambda c: c, carry), None
+            branches = (lambda c: c, lambda c: update(c, True), lambda c: update(c, False))
+            return jax.lax.switch(branch, branches, carry), None
 
         init = (jnp.full((b, n, g, bq), NEG_INF, jnp.float32), jnp.zeros((b, n, g, bq), jnp.float32),
                 jnp.zeros((b, n, g, bq, d), jnp.float32))
-        (_, l, acc), _ = jax.lax.scan(kv_step, init, (kb, vb, kposb, ksegb, kmin, kmax))
+        (_, l, acc), _ = jax.lax.scan(kv_step, init, (kb, vb, kposb, ksegb, kmin, kmax, kall, ksmin, ksmax))
         out = acc / jnp.where(l > 0, l, 1.0)[..., None]
         return jnp.moveaxis(out, 3, 1).astype(q.dtype)  # [B, bq, n, g, d]
 
@@ -227,6 +254,7 @@ def choose_implementation(tq: int, tk: int, backend: str | None = None) -> str:
     return "chunked"
 
 
+@jax.named_scope("attention")  # labels its compiled ops in profiles
 def dot_product_attention(q, k, v, *, q_positions=None, kv_positions=None, q_segment_ids=None,
                           kv_segment_ids=None, window: int | None = None, scale: float | None = None,
                           implementation: str = "auto", q_block: int | None = None,

@@ -92,6 +92,7 @@ def _reference(x, kernels, segment_ids, conv_state, output_final_state, activati
     return y, jnp.swapaxes(last, 1, 2).astype(x.dtype if conv_state is None else conv_state.dtype)
 
 
+@jax.named_scope("dynamic_conv")  # labels its compiled ops in profiles
 def dynamic_causal_conv(
     x,
     kernels,

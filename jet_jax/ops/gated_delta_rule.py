@@ -137,38 +137,40 @@ def _recurrent(q, k, v, g, beta, initial_state, segment_ids, *, scale, use_qk_l2
 # --------------------------------------------------------------------------- chunked
 
 
-SOLVE_BLOCK = 16  # diagonal block of the UT-transform solve
+def _unit_lower_inverse(A):
+    """(I + A)^-1 for strictly lower-triangular A: [..., C, C].
 
-
-def _unit_lower_solve(A, rhs):
-    """(I + A)^-1 rhs for strictly lower-triangular A: [..., C, C], rhs: [..., C, D].
-
-    Block forward substitution over SOLVE_BLOCK x SOLVE_BLOCK diagonal blocks, with no loop
-    primitive (nothing sequential in the compiled program; FLA's solve_tril has the same
-    structure): each diagonal block I + A_ii is inverted by 15 unrolled row steps, batched
-    over every block of every chunk, then block row i of the solution is
-    x_i = (I + A_ii)^-1 (rhs_i - A_i,<i x_<i) -- C/16 - 1 batched matmul steps.
-    Not `lax.linalg.triangular_solve`: jaxlib's batched CPU solve spreads its batch over the
-    thread pool it runs on and can deadlock when that pool is busy (seen here with 8 host
-    devices on 2 cores). Not a doubling series (I - A)(I + A^2)...: its powers reach
-    binomial sizes when the keys of a chunk are nearly parallel, and f32 cancels badly.
+    Recursive block inversion, the structure of FLA's solve_tril merges: starting from the
+    1x1 diagonal blocks (inverse 1), pairs of diagonal blocks of size s merge into one of
+    size 2s with  [[L11, 0], [A21, L22]]^-1 = [[L11^-1, 0], [-L22^-1 A21 L11^-1, L22^-1]],
+    batched over every pair of every chunk. log2(C) levels of uniform batched matmuls: no
+    loop primitive, nothing sequential, and few distinct ops (compile time; a row-by-row
+    substitution unrolls into ~60 differently shaped slices and updates per layer).
+    Numerically it is blocked triangular inversion (the same sums as forward substitution);
+    not a doubling series (I - A)(I + A^2)...: its powers reach binomial sizes when the keys
+    of a chunk are nearly parallel, and f32 cancels badly. C that is not a power of two is
+    padded with identity rows (zero A), which leaves the leading block's inverse unchanged.
     """
     C = A.shape[-1]
-    nb = SOLVE_BLOCK if C % SOLVE_BLOCK == 0 else C
-    n = C // nb
-    eye = jnp.eye(nb, dtype=A.dtype)
-    # [..., n, nb, nb] diagonal blocks, inverted row by row (row i needs rows < i only)
-    diag = jnp.stack([A[..., i * nb:(i + 1) * nb, i * nb:(i + 1) * nb] for i in range(n)], axis=-3)
-    inv = jnp.broadcast_to(eye, diag.shape)
-    for i in range(1, nb):
-        inv = inv.at[..., i, :].set(eye[i] - jnp.einsum("...j,...jk->...k", diag[..., i, :i], inv[..., :i, :]))
-    xs = []
-    for i in range(n):
-        r = rhs[..., i * nb:(i + 1) * nb, :]
-        if i:
-            r = r - jnp.einsum("...ij,...jd->...id", A[..., i * nb:(i + 1) * nb, :i * nb], jnp.concatenate(xs, -2))
-        xs.append(jnp.einsum("...ij,...jd->...id", inv[..., i, :, :], r))
-    return jnp.concatenate(xs, -2)
+    P = 1 << max(C - 1, 0).bit_length()
+    if P != C:
+        A = jnp.pad(A, [(0, 0)] * (A.ndim - 2) + [(0, P - C), (0, P - C)])
+    lead = A.shape[:-2]
+    inv = jnp.ones(lead + (P, 1, 1), A.dtype)  # [..., blocks, s, s] with s = 1
+    s = 1
+    while s < P:
+        m = P // (2 * s)
+        # the 2s x 2s diagonal blocks [..., m, 2s, 2s], then the lower-left s x s of each
+        # (jnp.diagonal: an eye-mask-and-sum form of this crashed XLA:CPU's backward pass)
+        diag = jnp.moveaxis(jnp.diagonal(A.reshape(lead + (m, 2 * s, m, 2 * s)), axis1=-4, axis2=-2), -1, -3)
+        a21 = diag[..., s:, :s]
+        pair = inv.reshape(lead + (m, 2, s, s))
+        i11, i22 = pair[..., 0, :, :], pair[..., 1, :, :]
+        l21 = -jnp.einsum("...ij,...jk,...kl->...il", i22, a21, i11)
+        inv = jnp.concatenate([jnp.concatenate([i11, jnp.zeros_like(i11)], -1),
+                               jnp.concatenate([l21, i22], -1)], -2)
+        s *= 2
+    return inv[..., 0, :C, :C]
 
 
 def _chunk_intra(q, k, v, g, beta, doc, doc_prev):
@@ -202,8 +204,8 @@ def _chunk_intra(q, k, v, g, beta, doc, doc_prev):
         eg, ed, dN = eg * first, ed * last_same, dN * carry
     Dv = v.shape[-1]
     rhs = jnp.concatenate([beta[..., None] * v, (beta * eg)[..., None] * k], axis=-1)
-    # (I + A) X = rhs, A strictly lower: the UT transform, by block forward substitution
-    x = _unit_lower_solve(A, rhs)
+    # (I + A) X = rhs, A strictly lower: the UT transform
+    x = jnp.einsum("...ij,...jd->...id", _unit_lower_inverse(A), rhs)
     u, w = x[..., :Dv], x[..., Dv:]
     P = jnp.einsum("bhnid,bhnjd->bhnij", q, k) * dec
     qg = q * eg[..., None]
@@ -265,6 +267,7 @@ def _chunked(q, k, v, g, beta, initial_state, segment_ids, *, scale, use_qk_l2no
 # --------------------------------------------------------------------------- public API
 
 
+@jax.named_scope("gated_delta_rule")  # labels its compiled ops in profiles
 def gated_delta_rule(
     q,
     k,
