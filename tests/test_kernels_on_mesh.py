@@ -1,6 +1,7 @@
 """Pallas kernels under a (data, fsdp, tensor) mesh run per device (shard_map), not on
 gathered operands: the sharded distill step's compiled HLO has no all-gather to the global
-batch, the kernels see per-device shapes, and the wrapped kernels equal the unwrapped ones.
+batch and none inside a kernel op, the kernels see per-device shapes, and the wrapped kernels
+equal the unwrapped ones.
 
 Kernels run in the Pallas interpreter on the 8 fake CPU devices (tests/conftest.py)."""
 
@@ -37,6 +38,22 @@ GLOBAL_B, T = 24, 32  # 24: no parameter of the tiny models has a dim of that si
 
 def _gathered_shapes(hlo: str) -> list[str]:
     return re.findall(r"= (\S+) all-gather\(", hlo)
+
+
+# The ops' named scopes (jax.named_scope on gated_delta_rule, dynamic_causal_conv and
+# dot_product_attention) reach the HLO metadata of every instruction traced inside them,
+# including the collectives the partitioner inserts to feed them.
+KERNEL_SCOPES = ("gated_delta_rule", "dynamic_conv", "attention")
+
+
+def _gathers_for_kernels(hlo: str) -> list[str]:
+    """all-gathers whose op_name lies inside a kernel op's scope: operands gathered for it."""
+    out = []
+    for line in re.findall(r"= \S+ all-gather\([^\n]*", hlo):
+        op = re.search(r'op_name="([^"]*)"', line)
+        if op and any(f"/{scope}/" in op.group(1) for scope in KERNEL_SCOPES):
+            out.append(line[:160])
+    return out
 
 
 def _compiled_step(monkeypatch, wrap: bool):
@@ -89,11 +106,15 @@ def test_sharded_distill_step_gathers_no_activation_for_kernels(monkeypatch, wra
         assert {s[0] for s in seen["conv"]} == {GLOBAL_B // 4}, seen["conv"]
         assert {s[2] for s in seen["conv"]} == {JET.num_heads * JET.head_dim // 2}, seen["conv"]
         assert full_batch == [], full_batch
+        # Nothing at all is gathered inside a kernel op (the gathers left are the FSDP weight
+        # gathers of the XLA projections and the embedding, outside the ops' scopes).
+        assert _gathers_for_kernels(hlo) == [], _gathers_for_kernels(hlo)
     else:
         # Without shard_map the kernels get global operands, gathered to the whole batch:
         # the check above can fail.
         assert {s[0] for s in seen["gdr"]} == {GLOBAL_B}
         assert full_batch, "control: expected all-gathers to the global batch"
+        assert _gathers_for_kernels(hlo), "control: expected gathers inside the kernel ops"
 
 
 # ---------------------------------------------------------------- numerics of the wrapper
