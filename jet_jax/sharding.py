@@ -70,7 +70,8 @@ def constrain(x: jax.Array, *names: str | None) -> jax.Array:
     mesh = _STEP_MESH.get()
     if mesh is None:
         return x
-    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, fitted_spec(x.shape, names, mesh)))
+    spec = fitted_spec(x.shape, names, mesh)
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
 def partitioned(init, *names: str | None):

@@ -65,7 +65,8 @@ def call_per_shard(fn: Callable, args: Sequence[Any], arg_names: Sequence[Sequen
         for n, d in zip(arg_names[i], args[i].shape):
             if n is not None:
                 common[n] = math.gcd(common.get(n, 0), d)
-    spec = lambda names: fitted_spec([common.get(n, 1) for n in names], names, mesh, rules, trim=True)
+    spec = lambda names: fitted_spec([common.get(n, 1) for n in names], names, mesh, rules,
+                                     trim=True)
     in_specs = tuple(spec(arg_names[i]) for i in present)
     if all(ax is None for s in in_specs for ax in s):
         return fn(*args)
