@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 from typing import Any, Sequence
 
 import jax
@@ -69,15 +70,8 @@ def constrain(x: jax.Array, *names: str | None) -> jax.Array:
     mesh = _STEP_MESH.get()
     if mesh is None:
         return x
-    spec = logical_to_mesh_spec(names, LOGICAL_AXIS_RULES, mesh)
-    fixed = []
-    for dim, axes in zip(x.shape, tuple(spec) + (None,) * (x.ndim - len(spec))):
-        ax = (axes,) if isinstance(axes, str) else tuple(axes or ())
-        size = 1
-        for a in ax:
-            size *= mesh.shape[a]
-        fixed.append(axes if ax and dim % size == 0 else None)
-    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(*fixed)))
+    spec = fitted_spec(x.shape, names, mesh)
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
 def partitioned(init, *names: str | None):
@@ -112,6 +106,24 @@ def logical_to_mesh_spec(names: Sequence[str | None] | None,
     return PartitionSpec(*out)
 
 
+def fitted_spec(shape: Sequence[int], names: Sequence[str | None] | None, mesh,
+                rules: Sequence[tuple[str, Any]] = LOGICAL_AXIS_RULES, *,
+                trim: bool = False) -> PartitionSpec:
+    """PartitionSpec for an array of `shape` [d0, .., dn-1] with logical `names` whose mesh axes
+    divide every dim: those of `logical_to_mesh_spec`, except where their product does not
+    divide a dim. There the dim is replicated, or with `trim` keeps the longest leading run of
+    axes that divides it (the kernels' batch keeps `data` when `fsdp` does not fit).
+    `mesh` needs only `.shape` (axis name -> size), so a shape-only stand-in works."""
+    spec = tuple(logical_to_mesh_spec(names, rules, mesh))
+    out = []
+    for dim, axes in zip(shape, spec + (None,) * (len(shape) - len(spec))):
+        ax = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        while ax and dim % math.prod(mesh.shape[a] for a in ax):
+            ax = ax[:-1] if trim else ()
+        out.append(None if not ax else ax[0] if len(ax) == 1 else ax)
+    return PartitionSpec(*out)
+
+
 def state_shardings(state, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
     """NamedSharding pytree for an `nnx.State` (or abstract state) from its logical names.
 
@@ -119,16 +131,8 @@ def state_shardings(state, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
     """
     def one(var):
         names = var.get_metadata().get("out_sharding") if isinstance(var, nnx.Variable) else None
-        spec = logical_to_mesh_spec(names, rules, mesh)
         shape = getattr(var, "shape", None) or getattr(var.value, "shape", ())
-        fixed = []
-        for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
-            ax = (axes,) if isinstance(axes, str) else tuple(axes or ())
-            size = 1
-            for a in ax:
-                size *= mesh.shape[a]
-            fixed.append(axes if ax and dim % size == 0 else None)
-        return NamedSharding(mesh, PartitionSpec(*fixed))
+        return NamedSharding(mesh, fitted_spec(shape, names, mesh, rules))
 
     return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 

@@ -23,6 +23,8 @@ from typing import Any, Callable
 
 import jax
 
+from jet_jax_train.progress import progress_bar
+
 
 @dataclasses.dataclass
 class StepInfo:
@@ -42,22 +44,6 @@ class LoopResult:
     interrupted: bool
     wall_s: float           # the whole loop, first (compiling) step included
     tokens_per_s: float     # over all steps run, first step included (nan if none)
-
-
-def _progress_bar(kind: str, stage: str, total: int, initial: int):
-    """A tqdm bar (kind "rich": tqdm's rich front end) labelled `stage`, with rate and ETA;
-    None for "none" and on every process but the first."""
-    if kind == "none" or jax.process_index() != 0:
-        return None
-    if kind == "rich":
-        import warnings
-
-        from tqdm import TqdmExperimentalWarning
-        from tqdm.rich import tqdm
-        warnings.simplefilter("ignore", TqdmExperimentalWarning)
-    else:
-        from tqdm import tqdm
-    return tqdm(total=total, initial=initial, desc=stage, dynamic_ncols=True)
 
 
 class TrainLoop:
@@ -94,7 +80,8 @@ class TrainLoop:
 
     def run(self, state, next_input: Callable[[int], Any], *, start: int = 0
             ) -> tuple[Any, LoopResult]:
-        self._bar = _progress_bar(self.progress, self.stage, self.total_steps, start)
+        self._bar = progress_bar(desc=self.stage, total=self.total_steps, initial=start,
+                                 kind=self.progress)
         step, interrupted, metrics = start, False, None
         t_start = time.perf_counter()
         t_first = None
@@ -114,8 +101,7 @@ class TrainLoop:
                     t_first = time.perf_counter()
                 else:
                     tokens_after_first += n
-                if self._bar is not None:
-                    self._bar.update(1)
+                self._bar.update(1)
                 info = StepInfo(step, state, metrics, _rate(tokens_after_first, t_first), self)
                 for interval, hook in self._every:
                     if interval > 0 and (step % interval == 0 or step == self.total_steps):
@@ -125,8 +111,7 @@ class TrainLoop:
             for hook in self._end:
                 hook(info)
         finally:
-            if self._bar is not None:
-                self._bar.close()
+            self._bar.close()
             self._bar = None
         rate = tokens_all / wall if tokens_all and wall > 0 else float("nan")
         return state, LoopResult(start, step, interrupted, wall, rate)

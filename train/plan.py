@@ -5,9 +5,9 @@
 
 Nothing is allocated: the model is built with `nnx.eval_shape` (`jet_jax.convert.abstract_model`)
 and every parameter's per-device shard comes from its logical axis names through the same
-rules training uses (`jet_jax.sharding.state_shardings`: logical names -> mesh axes, size-1
-axes dropped, a dim its axes do not divide replicated), applied arithmetically to the mesh
-sizes (no devices needed).
+rules training uses (`jet_jax.sharding.fitted_spec`, as `state_shardings` calls it: logical
+names -> mesh axes, size-1 axes dropped, a dim its axes do not divide replicated), applied
+arithmetically to the mesh sizes (no devices needed).
 
 Rows (bytes per device):
 
@@ -61,7 +61,7 @@ from typing import Any, Sequence
 import jax.numpy as jnp
 
 from jet_jax.config import ModelConfig
-from jet_jax.sharding import LOGICAL_AXIS_RULES, MESH_AXES, logical_to_mesh_spec
+from jet_jax.sharding import MESH_AXES, fitted_spec
 
 DTYPES = {"f32": jnp.float32, "float32": jnp.float32, "bf16": jnp.bfloat16,
           "bfloat16": jnp.bfloat16, "f16": jnp.float16, "float16": jnp.float16}
@@ -122,18 +122,6 @@ def _param_meta(cfg: ModelConfig, param_dtype: str) -> tuple:
     return tuple(out)
 
 
-def _mesh_spec(shape: Sequence[int], names, mesh: _ShapeOnlyMesh) -> tuple:
-    """Per-dim mesh axes of one parameter: the rules of jet_jax.sharding.state_shardings
-    (logical names -> mesh axes, size-1 axes dropped, a dim the axes do not divide replicated)."""
-    spec = tuple(logical_to_mesh_spec(names, LOGICAL_AXIS_RULES, mesh))
-    fixed = []
-    for dim, axes in zip(shape, spec + (None,) * (len(shape) - len(spec))):
-        ax = (axes,) if isinstance(axes, str) else tuple(axes or ())
-        size = math.prod(mesh.shape[a] for a in ax)
-        fixed.append(axes if ax and dim % size == 0 else None)
-    return tuple(fixed)
-
-
 def shard_shape(shape: Sequence[int], spec: Sequence, mesh_sizes: dict[str, int]) -> tuple:
     out = []
     for i, dim in enumerate(shape):
@@ -150,7 +138,7 @@ def param_table(cfg: ModelConfig, mesh_shape: Sequence[int], param_dtype,
     mesh = _ShapeOnlyMesh(mesh_shape, axis_names)
     rows = []
     for name, shape, names, dtype in _param_meta(cfg, jnp.dtype(param_dtype).name):
-        spec = _mesh_spec(shape, names, mesh)
+        spec = tuple(fitted_spec(shape, names, mesh))  # what state_shardings places
         local = shard_shape(shape, spec, mesh.shape)
         rows.append({"name": name, "shape": shape, "spec": spec, "shard_shape": local,
                      "elements": math.prod(shape), "shard_elements": math.prod(local),

@@ -14,31 +14,27 @@ the partitioner splits them already.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Sequence
 
 import jax
-from jax.sharding import PartitionSpec
 
-from jet_jax.sharding import LOGICAL_AXIS_RULES, current_step_mesh
+from jet_jax.sharding import LOGICAL_AXIS_RULES, current_step_mesh, fitted_spec
 
-def _inside_shard_map() -> bool:
+def _abstract_mesh():
+    """The mesh of `jax.set_mesh`/`use_mesh` (inside a `shard_map` too), or None when unset."""
     get = getattr(jax.sharding, "get_abstract_mesh", None)
     am = get() if get is not None else None
-    return bool(am is not None and not getattr(am, "empty", True) and getattr(am, "manual_axes", ()))
+    return None if am is None or getattr(am, "empty", True) else am
 
 
 def active_mesh():
     """The mesh kernels are split over, or None (call the kernel directly)."""
-    if _inside_shard_map():  # already per device (an outer shard_map): nothing to split
-        return None
+    am = _abstract_mesh()
+    if am is not None and getattr(am, "manual_axes", ()):
+        return None  # already per device (an outer shard_map): nothing to split
     mesh = current_step_mesh()
-    if mesh is not None:
-        return mesh
-    get = getattr(jax.sharding, "get_abstract_mesh", None)
-    am = get() if get is not None else None
-    if am is not None and not getattr(am, "empty", True):
-        return am
-    return None
+    return am if mesh is None else mesh
 
 
 def _shard_map(fn, mesh, in_specs, out_specs):
@@ -47,39 +43,6 @@ def _shard_map(fn, mesh, in_specs, out_specs):
         return sm(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
     from jax.experimental.shard_map import shard_map
     return shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_rep=False)
-
-
-def _axes_for(names_and_dims, mesh, rules) -> dict[str, tuple[str, ...]]:
-    """logical name -> mesh axes that divide every dim carrying that name (a mesh axis at most
-    once per name; axes of size 1 or absent from the mesh dropped)."""
-    table = dict(rules)
-    out: dict[str, tuple[str, ...]] = {}
-    shape = dict(mesh.shape)
-    for name in {n for n, _ in names_and_dims}:
-        axes = table.get(name)
-        axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
-        axes = tuple(a for a in axes if shape.get(a, 1) > 1)
-        dims = [d for n, d in names_and_dims if n == name]
-        # drop trailing axes until every dim divides (keeps e.g. `data` when `fsdp` does not fit)
-        while axes:
-            size = 1
-            for a in axes:
-                size *= shape[a]
-            if all(d % size == 0 for d in dims):
-                break
-            axes = axes[:-1]
-        out[name] = axes
-    return out
-
-
-def _spec(names, axes_of) -> PartitionSpec:
-    used: set[str] = set()
-    out = []
-    for n in names:
-        ax = tuple(a for a in axes_of.get(n, ()) if a not in used) if n is not None else ()
-        used.update(ax)
-        out.append(None if not ax else ax[0] if len(ax) == 1 else ax)
-    return PartitionSpec(*out)
 
 
 def call_per_shard(fn: Callable, args: Sequence[Any], arg_names: Sequence[Sequence[str | None] | None],
@@ -96,9 +59,16 @@ def call_per_shard(fn: Callable, args: Sequence[Any], arg_names: Sequence[Sequen
     if mesh is None:
         return fn(*args)
     present = [i for i, a in enumerate(args) if a is not None]
-    pairs = [(n, args[i].shape[d]) for i in present for d, n in enumerate(arg_names[i]) if n is not None]
-    axes_of = _axes_for(pairs, mesh, rules)
-    if not any(axes_of.values()):
+    # Each name is split alike in every operand: over the axes that divide all its dims (their gcd).
+    common: dict[str, int] = {}
+    for i in present:
+        for n, d in zip(arg_names[i], args[i].shape):
+            if n is not None:
+                common[n] = math.gcd(common.get(n, 0), d)
+    spec = lambda names: fitted_spec([common.get(n, 1) for n in names], names, mesh, rules,
+                                     trim=True)
+    in_specs = tuple(spec(arg_names[i]) for i in present)
+    if all(ax is None for s in in_specs for ax in s):
         return fn(*args)
     is_names = lambda x: x is None or (isinstance(x, tuple) and all(n is None or isinstance(n, str) for n in x))
     out_leaves, out_tree = jax.tree.flatten(out_names, is_leaf=is_names)
@@ -114,8 +84,7 @@ def call_per_shard(fn: Callable, args: Sequence[Any], arg_names: Sequence[Sequen
             raise ValueError(f"call_per_shard: kernel returned {len(outs)} arrays, out_names names {len(keep)}")
         return tuple(outs)
 
-    in_specs = tuple(_spec(arg_names[i], axes_of) for i in present)
-    out_specs = tuple(_spec(out_leaves[i], axes_of) for i in keep)
+    out_specs = tuple(spec(out_leaves[i]) for i in keep)
     results = _shard_map(local, mesh, in_specs, out_specs)(*(args[i] for i in present))
     leaves = [None] * len(out_leaves)
     for i, r in zip(keep, results):

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Any
 
 import grain
 import jax
@@ -229,16 +230,19 @@ def _shard_batches(cfg: DataConfig, shard: int, tok) -> grain.IterDataset:
     return rows.batch(cfg.batch_size // cfg.num_shards, drop_remainder=True)
 
 
-class _ShardsIterator(grain.DatasetIterator):
+class _OwnedShards:
+    """What the shard dataset and its iterator both hold: a parent per owned shard (shard id ->
+    dataset or iterator, also grain's parents), the shard count S and the row slice taken when
+    several processes share a shard. A mixin ahead of the grain base class."""
+
+    def __init__(self, parents: dict[int, Any], num_shards: int, take: _TakeRows | None):
+        super().__init__(list(parents.values()))
+        self._shards, self._num_shards, self._take = parents, num_shards, take
+
+
+class _ShardsIterator(_OwnedShards, grain.DatasetIterator):
     """Next batch of every owned shard, concatenated (and sliced when shards are shared);
     state keyed by shard id so it can be merged across processes and split again."""
-
-    def __init__(self, parents: dict[int, grain.DatasetIterator], num_shards: int,
-                 take: _TakeRows | None):
-        super().__init__(list(parents.values()))
-        self._shards = parents
-        self._num_shards = num_shards
-        self._take = take
 
     def __next__(self):
         parts = [next(it) for it in self._shards.values()]
@@ -265,16 +269,11 @@ class _ShardsIterator(grain.DatasetIterator):
             it.set_state(packing.restore_json_state(state["shards"][str(s)]))
 
 
-class _ShardsDataset(grain.IterDataset):
-    def __init__(self, parents: dict[int, grain.IterDataset], num_shards: int,
-                 take: _TakeRows | None):
-        super().__init__(list(parents.values()))
-        self._shard_parents = parents
-        self._num_shards = num_shards
-        self._take = take
+class _ShardsDataset(_OwnedShards, grain.IterDataset):
+    """The owned shards' batch datasets as one dataset (its iterator: `_ShardsIterator`)."""
 
     def __iter__(self) -> _ShardsIterator:
-        return _ShardsIterator({s: iter(d) for s, d in self._shard_parents.items()},
+        return _ShardsIterator({s: iter(d) for s, d in self._shards.items()},
                                self._num_shards, self._take)
 
 

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from jet_jax_train.postnas import throughput as tp
 from jet_jax_train.postnas.placement_search import TaskSuite, normalize, objective_of, objective_se
-from jet_jax_train.postnas.progress import bar
+from jet_jax_train.progress import progress_bar
 from jet_jax_train.postnas.supernet import (SuperNetwork, count_params, extract_subnet,
                                     layer_types_from_choice)
 from jet_jax_train.postnas.trainer import SupernetTrainConfig, train_supernet
@@ -99,7 +99,7 @@ def select_block(teacher, choice, blocks: Sequence[str], *, data: Callable[[], I
     train is reported in its row's "error" and skipped, never silently dropped.
     """
     rows, hists = [], {}
-    for block in bar(blocks, desc="block selection", unit="block"):
+    for block in progress_bar(blocks, desc="block selection", unit="block"):
         try:
             row, _, hist = evaluate_architecture(
                 teacher, choice, block, data=data, suite=suite, references=references,

@@ -43,7 +43,7 @@ from jet_jax_train.postnas import stats
 from jet_jax_train.postnas import throughput as tp
 from jet_jax_train.postnas.block_selection import ThroughputConfig, evaluate_architecture
 from jet_jax_train.postnas.placement_search import TaskSuite
-from jet_jax_train.postnas.progress import bar
+from jet_jax_train.progress import progress_bar
 from jet_jax_train.postnas.supernet import build_linear_mixer
 from jet_jax_train.postnas.trainer import SupernetTrainConfig
 
@@ -197,7 +197,7 @@ def hardware_search(teacher, choice, block: str, *, data: Callable[[], Iterator]
     log(f"hardware search over {len(kept)} candidates of {block} "
         f"(rejected {len(rejected)} for cache size / validity)")
     rows, students, base_cache = [], [], None
-    for cand in bar(kept, desc="hardware search: train + score", unit="shape"):
+    for cand in progress_bar(kept, desc="hardware search: train + score", unit="shape"):
         h, dk, dv = cand["shape"]
         row, student, _ = evaluate_architecture(
             teacher, choice, block, data=data, suite=suite, references=references,
@@ -222,7 +222,8 @@ def hardware_search(teacher, choice, block: str, *, data: Callable[[], Iterator]
             students[i], batch_size=throughput.batch_size, context=throughput.context,
             steps=throughput.steps)["step_seconds"]
 
-    rounds = bar(desc="hardware search: timing rounds", total=hs.timing_max_rounds, unit="round")
+    rounds = progress_bar(desc="hardware search: timing rounds", total=hs.timing_max_rounds,
+                          unit="round")
     for r in rows:
         r.pop("step_seconds")
     times = stats.time_until_resolved(

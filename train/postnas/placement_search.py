@@ -50,7 +50,7 @@ from flax import nnx
 
 from jet_jax.evaluation import MCExample, Request, Scorer
 from jet_jax.evaluation.multiple_choice import multiple_choice_metrics, multiple_choice_requests
-from jet_jax_train.postnas.progress import bar
+from jet_jax_train.progress import progress_bar
 from jet_jax_train.postnas.supernet import ATTN, LINEAR, SWA, SuperNetwork, layer_types_from_choice
 
 NORMALIZED_RANGE = (-5.0, 5.0)
@@ -421,8 +421,8 @@ class PlacementSearch:
         empty = (LINEAR,) * self.L
         self.log(f"beam search: budget {cfg.budget}, beam {cfg.beam_width}, tasks {self.tasks}")
         rounds = (cfg.budget + cfg.swa_budget) * (1 + len(self.suite.tasks)) + self.L
-        self._bar = bar(desc="placement search (beam rounds + importance)", total=rounds,
-                        unit="round")
+        self._bar = progress_bar(desc="placement search (beam rounds + importance)",
+                                 total=rounds, unit="round")
         final = self._beam([empty], ATTN, cfg.budget)
         per_task = {}
         for task in self.suite.tasks:  # each task alone (different tasks, different layers)

@@ -1,5 +1,5 @@
-"""Progress output for the PostNAS stages: `bar` (a tqdm bar with rate and ETA, on stderr)
-and `log` (a timestamped line that does not break a running bar)."""
+"""Progress lines of the PostNAS stages: `log`, a timestamped line that does not break a
+running bar (`jet_jax_train.progress.progress_bar`)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,6 @@ import sys
 import time
 
 from tqdm.auto import tqdm
-
-
-def bar(iterable=None, *, desc: str, total: int | None = None, unit: str = "it"):
-    return tqdm(iterable, desc=desc, total=total, unit=unit, dynamic_ncols=True, leave=True)
 
 
 def log(msg: str) -> None:

@@ -36,7 +36,8 @@ from jet_jax_train.postnas.hardware_search import (HardwareSearchConfig, hardwar
 from jet_jax_train.postnas.placement_search import (LOWER_IS_BETTER, SearchConfig, TaskSuite,
                                             mc_task, search_placement,
                                             uniform_placement)
-from jet_jax_train.postnas.progress import bar, log
+from jet_jax_train.postnas.progress import log
+from jet_jax_train.progress import progress_bar
 from jet_jax_train.postnas.sampling import ChoiceSampler, SamplingConfig
 from jet_jax_train.postnas.supernet import (ATTN, LINEAR, SuperNetwork, choice_from_layer_types,
                                     extract_subnet, layer_types_from_choice)
@@ -264,7 +265,8 @@ def stage_finals(cfg: PostNASConfig, teacher, sup, placements: dict, block: str,
     for name, ch in placements.items():
         distinct.setdefault(layer_types_from_choice(ch, block), name)
     records, models = {}, {}
-    runs = bar(desc="final distillation", total=len(distinct) * cfg.final_seeds, unit="run")
+    runs = progress_bar(desc="final distillation", total=len(distinct) * cfg.final_seeds,
+                        unit="run")
     for name, ch in placements.items():
         lt = layer_types_from_choice(ch, block)
         if distinct[lt] != name:
