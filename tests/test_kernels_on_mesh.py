@@ -14,12 +14,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import jet_jax.ops.attention as attn_op
 import jet_jax.ops.shard_map_kernel as smk
 import pallas_kernels.dynamic_conv as pconv
 import pallas_kernels.gdr as pgdr
 import jet_jax_train.train_step as train_step
 from jet_jax_configs.presets import TINY_QWEN2
 from jet_jax.config import JetBlockConfig, hybrid_layer_types
+from jet_jax.layers.attention import Attention
 from jet_jax.layers.jet_block import JetBlock
 from jet_jax.model import JetNemotronForCausalLM
 from jet_jax.ops.attention import dot_product_attention
@@ -57,9 +59,9 @@ def _gathers_for_kernels(hlo: str) -> list[str]:
 
 
 def _compiled_step(monkeypatch, wrap: bool):
-    """Compile the 8-device distill step with Pallas GDR + conv; record the kernels' shapes."""
-    seen = {"gdr": [], "conv": []}
-    gdr, conv = pgdr.gated_delta_rule_pallas, pconv.dynamic_causal_conv_pallas
+X
+    seen = {"gdr": [], "conv": [], "splash": []}
+    gdr, conv, splash = pgdr.gated_delta_rule_pallas, pconv.dynamic_causal_conv_pallas, attn_op._splash
 
     def rec_gdr(q, *a, **kw):
         seen["gdr"].append(q.shape)
@@ -69,6 +71,11 @@ def _compiled_step(monkeypatch, wrap: bool):
         seen["conv"].append(x.shape)
         return conv(x, *a, **kw, interpret="plain")
 
+    def rec_splash(q, k, v, qseg, kseg, window, scale, interpret, *a, **kw):
+        seen["splash"].append(q.shape)
+        return splash(q, k, v, qseg, kseg, window, scale, True, *a, **kw)  # Pallas interpreter
+
+    monkeypatch.setattr(attn_op, "_splash", rec_splash)
     monkeypatch.setattr(pgdr, "gated_delta_rule_pallas", rec_gdr)
     monkeypatch.setattr(pconv, "dynamic_causal_conv_pallas", rec_conv)
     if not wrap:  # the control: the step as it was before the kernels ran per device
@@ -78,6 +85,8 @@ def _compiled_step(monkeypatch, wrap: bool):
     for _, m in nnx.iter_modules(student):
         if isinstance(m, JetBlock):
             m.gdr_implementation = m.conv_implementation = "pallas"
+        if isinstance(m, Attention):  # packed rows: segment ids, RoPE positions stay outside
+            m.implementation = "splash"
     sf, tf = FlatModel(student), FlatModel(teacher)
     ds = train_step.DistillStep(sf, tf, OptimizerSection(lr=1e-2, warmup_steps=0), LOSS,
                                 make_mesh((2, 2, 2)), 10)
@@ -98,13 +107,15 @@ def _compiled_step(monkeypatch, wrap: bool):
 def test_sharded_distill_step_gathers_no_activation_for_kernels(monkeypatch, wrap):
     hlo, seen, heads = _compiled_step(monkeypatch, wrap)
     full_batch = [s for s in _gathered_shapes(hlo) if re.search(rf"\[{GLOBAL_B}[,\]]", s)]
-    assert seen["gdr"] and seen["conv"]
+    assert seen["gdr"] and seen["conv"] and seen["splash"]
     if wrap:
         # data*fsdp = 4 shards the batch, tensor = 2 the heads / value channels.
         assert {s[0] for s in seen["gdr"]} == {GLOBAL_B // 4}, seen["gdr"]
         assert {s[2] for s in seen["gdr"]} == {heads // 2}, seen["gdr"]
         assert {s[0] for s in seen["conv"]} == {GLOBAL_B // 4}, seen["conv"]
         assert {s[2] for s in seen["conv"]} == {JET.num_heads * JET.head_dim // 2}, seen["conv"]
+        attn_heads = TINY_QWEN2.num_attention_heads
+        assert {(s[0], s[2]) for s in seen["splash"]} == {(GLOBAL_B // 4, attn_heads // 2)}, seen["splash"]
         assert full_batch == [], full_batch
         # Nothing at all is gathered inside a kernel op (the gathers left are the FSDP weight
         # gathers of the XLA projections and the embedding, outside the ops' scopes).
