@@ -201,6 +201,18 @@ def main(argv=None):
                 ratio = (f"{tp / base[name][0]:>13.2f} {td / base[name][1]:>12.2f}" if base else "")
                 print(f"{name:9} {label:14} {tp:>12.2f} {td:>11.2f} {ratio}", flush=True)
 
+        # Compile time against depth: the preset's layer pattern repeated (28 -> 56 -> 112
+        # layers). Unrolled code grows with every layer; a scan compiles each body once.
+        cfg = get_preset("jet-nemotron-2b")
+        print("\n1b. compile time against depth (the 2B preset's layer pattern repeated; bf16; "
+              "one compile each)")
+        print(f"{'layers':>7} {'code':8} {'prefill (s)':>12} {'decode (s)':>11}")
+        for rep in (1, 2, 4):
+            deep = cfg.replace(num_hidden_layers=cfg.num_hidden_layers * rep,
+                               layer_types=cfg.layer_types * rep)
+            for mode, (tp, td) in compile_times(deep, repeats=1).items():
+                print(f"{deep.num_hidden_layers:>7} {mode:8} {tp:>12.2f} {td:>11.2f}", flush=True)
+
     dt = decode_temp_fraction()
     print("\n2. decode step temporaries vs cache (4 attn layers, batch 8, 8192 positions, f32)")
     for mode, (temp, cache) in dt.items():

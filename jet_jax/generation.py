@@ -95,21 +95,20 @@ def forward_last(model, ids, segment_ids, positions, cache):
     return logits[:, 0], new_cache
 
 
-def _reset_unstarted(cache, layer_types, started, runs=None):
+def _reset_unstarted(cache, entries, started):
     """Zero the linear-attention states of rows that have seen no real token yet.
 
     A chunk made only of left padding (segment 0) would otherwise leave a state that the
-    next chunk (which starts the row's real segment) continues from. `runs`: the model's
-    `cache_runs()` (an entry of several layers is stacked on a leading axis), default one
-    layer per entry.
+    next chunk (which starts the row's real segment) continues from. `entries`: the model's
+    `cache_entries()`, (layer type, layers) per cache entry; an entry of several layers is
+    stacked on a leading axis.
     """
-    runs = runs or [(i, i + 1) for i in range(len(cache))]
     out = []
-    for t, c, (a, z) in zip(layer_types, cache, runs):
+    for (t, layers), c in zip(entries, cache):
         if t in ATTENTION_TYPES:  # padding slots are marked -1 and never attended
             out.append(c)
             continue
-        lead = 1 if z - a > 1 else 0  # batch axis after the stacked layer axis
+        lead = 1 if len(layers) > 1 else 0  # batch axis after the stacked layer axis
         out.append(jax.tree.map(
             lambda x: jnp.where(started.reshape((1,) * lead + (-1,) + (1,) * (x.ndim - 1 - lead)),
                                 x, jnp.zeros_like(x)) if x.ndim > lead else x, c))
@@ -124,7 +123,7 @@ def prefill_step(graphdef, state, ids, segment_ids, positions, cache, started):
     linear states)."""
     model = nnx.merge(graphdef, state)
     logits, cache = forward_last(model, ids, segment_ids, positions, cache)
-    cache = _reset_unstarted(cache, model.cache_layer_types(), started, model.cache_runs())
+    cache = _reset_unstarted(cache, model.cache_entries(), started)
     return logits, cache
 
 

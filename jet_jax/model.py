@@ -99,8 +99,8 @@ class JetNemotronForCausalLM(nnx.Module):
     `lax.scan` over their stacked parameters (stacked inside the traced function), so compile
     time stops growing with depth. Parameters stay stored per layer ("model/layers/i/..."):
     checkpoints, HF conversion and the PostNAS super-network see the same tree either way.
-    Only the decode cache's layout follows the setting (one entry per run, stacked on a
-    leading layer axis; see `init_cache`). `attention_implementation`: see
+    Only the decode cache's layout follows the setting (one entry per stacked layer type,
+    its layers stacked on a leading axis; see `cache_entries`). `attention_implementation`: see
     jet_jax.ops.attention.
     """
 
@@ -135,16 +135,30 @@ class JetNemotronForCausalLM(nnx.Module):
                 out.append((a, z))
         return out
 
-    def init_cache(self, batch_size: int, max_length: int, dtype=jnp.float32) -> list[dict]:
-        """One cache per layer: KV buffer (`attn`), ring buffer (`swa`), O(1) state (linear).
-
-        With `scan_layers`, one entry per run of `cache_runs()` instead: a run of several
-        linear layers holds their states stacked on a leading axis."""
+    def cache_entries(self) -> list[tuple[str, tuple[int, ...]]]:
+        """The entries of `init_cache`'s list as (layer type, the layers it holds): one per
+        layer, except that with `scan_layers` the layers of each type in `stacked_types()`
+        share one entry, their states stacked on a leading axis in layer order. Every run of
+        that type then indexes rows of that one entry (as of its parameter stack), so all
+        runs of a type compile to one loop body; attention layers keep one KV buffer each."""
+        lt = self.config.layer_types
+        types = self.stacked_types()
         out = []
-        for a, z in self.cache_runs():
+        for i, t in enumerate(lt):
+            if t not in types:
+                out.append((t, (i,)))
+            elif lt.index(t) == i:  # first layer of a stacked type: the type's entry
+                out.append((t, tuple(j for j, u in enumerate(lt) if u == t)))
+        return out
+
+    def init_cache(self, batch_size: int, max_length: int, dtype=jnp.float32) -> list[dict]:
+        """One cache per entry of `cache_entries()`: KV buffer (`attn`), ring buffer (`swa`),
+        O(1) state (linear); an entry of several layers stacks their caches on a leading axis."""
+        out = []
+        for _, layers in self.cache_entries():
             per_layer = [self._layer(i, False).self_attn.init_cache(batch_size, max_length, dtype)
-                         for i in range(a, z)]
-            out.append(per_layer[0] if z - a == 1 else stack_trees(per_layer))
+                         for i in layers]
+            out.append(per_layer[0] if len(layers) == 1 else stack_trees(per_layer))
         return out
 
     def stacked_types(self) -> tuple[str, ...]:
@@ -176,7 +190,7 @@ class JetNemotronForCausalLM(nnx.Module):
 
     def cache_layer_types(self) -> list[str]:
         """The layer type of each entry of `init_cache`'s list."""
-        return [self.config.layer_types[a] for a, _ in self.cache_runs()]
+        return [t for t, _ in self.cache_entries()]
 
     def cache_bytes(self, batch_size: int, context: int, dtype_bytes: int = 2) -> int:
         return sum(self._layer(i, False).self_attn.cache_bytes(batch_size, context, dtype_bytes)
@@ -203,8 +217,9 @@ class JetNemotronForCausalLM(nnx.Module):
             raise ValueError(f"segment_ids shape {segment_ids.shape} != input_ids shape {input_ids.shape}")
         # A stacked model runs the cache runs (attention layers stay single).
         runs = self.layer_runs() if cache is None and not self.layers_stacked else self.cache_runs()
-        if cache is not None and len(cache) != len(runs):
-            raise ValueError(f"cache has {len(cache)} entries, model expects {len(runs)} "
+        entries = self.cache_entries()
+        if cache is not None and len(cache) != len(entries):
+            raise ValueError(f"cache has {len(cache)} entries, model expects {len(entries)} "
                              f"(scan_layers={self.scan_layers}); build it with model.init_cache")
         if positions is None:
             if cache is not None:
@@ -212,7 +227,13 @@ class JetNemotronForCausalLM(nnx.Module):
             positions = default_positions(input_ids, segment_ids)
         h = _constrain_h(self.model.embed_tokens(input_ids))
         hidden = [h]
-        new_cache = []
+        entry_of = {i: k for k, (_, layers) in enumerate(entries) for i in layers}
+        new_cache = None if cache is None else list(cache)
+        # Inference (a cache, or stacked parameters): every run of a stacked type scans rows
+        # of its type's parameter stack and cache entry. Training scans each run's own
+        # parameters as scan inputs (their gradients come out stacked, not accumulated).
+        by_type = cache is not None or self.layers_stacked
+        stacks = {}
 
         def run_layer(layer, h, positions, segment_ids, layer_cache):
             h, c = layer(h, positions=positions, segment_ids=segment_ids, cache=layer_cache)
@@ -220,15 +241,23 @@ class JetNemotronForCausalLM(nnx.Module):
 
         if self.remat and cache is None:
             run_layer = nnx.remat(run_layer)
-        for r, (a, z) in enumerate(runs):
-            layer_cache = None if cache is None else cache[r]
-            if z - a == 1:
-                h, c = run_layer(self._layer(a), h, positions, segment_ids, layer_cache)
+        for a, z in runs:
+            t = self.config.layer_types[a]
+            k = entry_of[a]
+            entry = None if cache is None else new_cache[k]
+            if by_type and t in self.stacked_types():
+                if t not in stacks:
+                    stacks[t] = self._type_stack(t)
+                h, c, hs = self._scan_run(a, z, h, positions, segment_ids, entry,
+                                          return_hidden_states, stacks[t])
+            elif z - a == 1:
+                h, c = run_layer(self._layer(a), h, positions, segment_ids, entry)
                 hs = [h]
             else:
-                h, c, hs = self._scan_run(a, z, h, positions, segment_ids, layer_cache,
+                h, c, hs = self._scan_run(a, z, h, positions, segment_ids, entry,
                                           return_hidden_states)
-            new_cache.append(c)
+            if cache is not None:
+                new_cache[k] = c
             if return_hidden_states:
                 hidden.extend(hs)
         h = _constrain_h(self.model.norm(h[:, -1:] if last_only else h))
@@ -239,37 +268,42 @@ class JetNemotronForCausalLM(nnx.Module):
             return logits, hidden
         return logits
 
-    def _scan_run(self, a, z, h, positions, segment_ids, cache, return_hidden):
-        """Layers a..z-1 (one run of `layer_runs()`) as one lax.scan.
-
-        The run's stacked cache travels in the carry and each layer's entry is written back
-        with a dynamic update, so a donated cache is updated in place. After `stack_layers`
-        every run of a type indexes rows of that type's one parameter stack, so all runs of a
-        type compile to the same loop body (XLA reuses its kernels); otherwise the run's
-        parameters are stacked here (a copy inside the program) and scanned as inputs."""
-        n = z - a
+    def _type_stack(self, t: str):
+        """(graphdef, parameters [n_type, ...]) of all layers of type t: the stack built by
+        `stack_layers`, else stacked here (a copy inside the traced program)."""
         if self.layers_stacked:
-            t = self.config.layer_types[a]
-            graphdef, stack = nnx.split(self.model.layer_stacks[self.stacked_types().index(t)])
-            first = self._type_index(a)
-            rows = jnp.arange(first, first + n)
+            return nnx.split(self.model.layer_stacks[self.stacked_types().index(t)])
+        layers = [self.model.layers[i] for i, u in enumerate(self.config.layer_types) if u == t]
+        return nnx.split(layers[0])[0], stack_trees([nnx.state(layer) for layer in layers])
+
+    def _scan_run(self, a, z, h, positions, segment_ids, cache, return_hidden, type_stack=None):
+        """Layers a..z-1 (one run of same-type layers) as one lax.scan.
+
+        With `type_stack` (inference): the scan runs over rows first..first+n-1 of the type's
+        parameter stack and of its cache entry `cache` (all layers of the type), so every
+        run of a type is the same loop body, compiled once per shape. The cache travels in
+        the carry and each row is written back with a dynamic update, so a donated cache is
+        updated in place. Without (training): the run's own parameters, stacked here, are
+        the scan's inputs (so their gradients are its stacked outputs), `cache` is None."""
+        n = z - a
+        if type_stack is not None:
+            graphdef, stack = type_stack
+            xs = self._type_index(a) + jnp.arange(n)
             # XLA:CPU computes bf16 dots in f32 and would hoist that convert of the whole
             # stack out of the loop (a float32 copy of every layer, per run); the barrier
             # keeps it per layer. Other backends read the bf16 row directly.
             pin = jax.lax.optimization_barrier if jax.default_backend() == "cpu" else (lambda x: x)
-            params = lambda i: pin(jax.tree.map(
-                lambda x: jax.lax.dynamic_index_in_dim(x, rows[i], 0, keepdims=False), stack))
-            xs = jnp.arange(n)
+            fetch = lambda r: (pin(jax.tree.map(
+                lambda x: jax.lax.dynamic_index_in_dim(x, r, 0, keepdims=False), stack)), r)
         else:
             layers = [self.model.layers[i] for i in range(a, z)]
             graphdef, _ = nnx.split(layers[0])
-            stacked = stack_trees([nnx.state(layer) for layer in layers])
-            xs = (stacked, jnp.arange(n))
-            params = None
+            xs = (stack_trees([nnx.state(layer) for layer in layers]), jnp.arange(n))
+            fetch = lambda x: x
 
         def body(carry, x):
             h, cache = carry
-            state, i = (params(x), x) if params is not None else x
+            state, i = fetch(x)
             layer = nnx.merge(graphdef, state)
             layer_cache = None if cache is None else jax.tree.map(
                 lambda c: jax.lax.dynamic_index_in_dim(c, i, 0, keepdims=False), cache)

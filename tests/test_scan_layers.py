@@ -69,7 +69,9 @@ def test_scanned_decode_after_prefill_equals_full_forward():
     prompts = [[5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15], [3, 4, 5], list(range(20, 36))]
     batch = left_pad(prompts, multiple=8)
     cache = scanned.init_cache(3, 48)
-    assert cache[0]["state"].shape[0] == 2  # the first run's caches are stacked
+    # one entry for the jet layers (both runs index rows of it), one KV buffer per attention layer
+    assert [t for t, _ in scanned.cache_entries()] == ["jet", "swa", "swa", "attn"]
+    assert cache[0]["state"].shape[0] == 4
     logits, _ = prefill(scanned, batch, cache, chunk_size=8)
     ref = unrolled(jnp.asarray(batch.ids), jnp.asarray(batch.segment_ids),
                    jnp.asarray(batch.positions))[:, -1]
