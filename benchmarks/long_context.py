@@ -8,7 +8,10 @@
   1. compile time (lower + compile on abstract shapes, nothing allocated) of the
      Jet-Nemotron-2B preset's prefill chunk (2048 tokens, cache for 4096) and decode step, in
      bf16 and f32, also for the code at git revision --baseline (default 4265ea6, the
-     revision the long-context issue measured), compiled in the same run;
+     revision the long-context issue measured), compiled in the same run; 1b. the same at
+     2x and 4x the preset's depth (its layer pattern repeated), bf16; 1c. the floor: the
+     smallest program holding one layer of each type the preset has (unrolled), which no
+     arrangement of the 2B preset's layers can compile faster than;
   2. the compiled decode step's temporary memory as a fraction of its cache (all-attention
      model, 4 layers, batch 8, 8192 positions, float32; cache donated);
   3. one-sequence prefill tokens/s of the CPU student vs its teacher (jet_jax.commands.bench
@@ -212,6 +215,16 @@ def main(argv=None):
                                layer_types=cfg.layer_types * rep)
             for mode, (tp, td) in compile_times(deep, repeats=1).items():
                 print(f"{deep.num_hidden_layers:>7} {mode:8} {tp:>12.2f} {td:>11.2f}", flush=True)
+
+        # The floor: one layer of each type (jet, attn, swa), unrolled (each layer compiled once).
+        types = tuple(dict.fromkeys(cfg.layer_types))
+        floor = cfg.replace(num_hidden_layers=len(types), layer_types=types)
+        print(f"\n1c. floor: one layer of each type {types} (the 'after' code: no run to scan), "
+              "best of 3")
+        print(f"{'dtype':9} {'prefill (s)':>12} {'decode (s)':>11}")
+        for name in dtypes:
+            tp, td = compile_times(floor, dtype=jnp.dtype(name))["after"]
+            print(f"{name:9} {tp:>12.2f} {td:>11.2f}", flush=True)
 
     dt = decode_temp_fraction()
     print("\n2. decode step temporaries vs cache (4 attn layers, batch 8, 8192 positions, f32)")

@@ -59,7 +59,8 @@ def _gathers_for_kernels(hlo: str) -> list[str]:
 
 
 def _compiled_step(monkeypatch, wrap: bool):
-X
+    """Compile the 8-device distill step with Pallas GDR + conv and splash attention (the
+    student's attention and sliding-window layers, on packed rows); record the kernels' shapes."""
     seen = {"gdr": [], "conv": [], "splash": []}
     gdr, conv, splash = pgdr.gated_delta_rule_pallas, pconv.dynamic_causal_conv_pallas, attn_op._splash
 
