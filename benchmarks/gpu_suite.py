@@ -1,4 +1,4 @@
-"""Device suite for the gated delta rule: correctness, kernel table vs FLA, throughput; one call.
+"""Device suite: gated delta rule correctness and kernel table vs FLA, attention, throughput; one call.
 
 Sized for one `run` of at most ~7 minutes on an H100/H200. Writes every table to one
 markdown file (--out; default $OUT/gpu_suite.md when $OUT is set, else ./gpu_suite.md)
@@ -17,9 +17,16 @@ and prints them as it goes. A failing row prints why; the rest still run.
       FLA `chunk_gated_delta_rule` (torch, Triton; bf16 operands in its dots), forward and forward+backward, with the
       ratio to FLA. FLA 0.6.0's backward refuses to run on Hopper with triton < 3.7.1
       (FLA issue #640): that row prints the refusal.
-  (c) throughput rows: `benchmarks/throughput.py` (prefill/decode of the student vs the
-      teacher) run as a subprocess with --throughput-args, cut off after
+  (c) throughput rows: `benchmarks/throughput.py` (= `jet-jax bench`: prefill/decode of the
+      Jet-Nemotron-2B student vs the Qwen2.5-1.5B teacher at 4K, 16K and 64K; rows print as
+      measured) run as a subprocess with --throughput-args, cut off after
       --throughput-timeout seconds.
+  (d) attention on the device: every implementation that can run there ("chunked" XLA,
+      "cudnn" on a GPU) against the dense "xla" reference computed at HIGHEST precision,
+      output and the q/k/v gradients, with GQA, a sliding window, T not a multiple of the
+      blocks, and (chunked) packed documents; f32 and bf16. An implementation may be added
+      to `VERIFIED` in jet_jax/ops/attention.py for this backend only after its rows here
+      PASS; the suite prints the line.
 
 The exact device call for the next session (FLA is not on the GPU image; it travels as
 the pure-Python fla-core wheel, see /work/.library/device/README.md). Once, here, in the
@@ -244,16 +251,81 @@ def throughput(rep, cpu, args_str, timeout):
     rep()
 
 
+ATTN_TOL = {"float32": 2e-3, "bfloat16": 3e-2}  # max|err| / max|ref|, output and gradients
+
+
+def attention(rep, cpu):
+    """(d): returns {implementation: worst error over its rows} for the rows that ran."""
+    from jet_jax.ops.attention import dot_product_attention
+    rep("## (d) attention implementations against the dense reference (same device)")
+    rep()
+    b, t, h, kv, d = (1, 100, 4, 2, 16) if cpu else (2, 1000, 12, 2, 128)
+    blocks = dict(q_block=32, kv_block=16) if cpu else {}
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((b, t, n, d)).astype(np.float32) for n in (h, kv, kv))
+    seg = np.repeat(np.arange(3, dtype=np.int32), -(-t // 3))[None, :t].repeat(b, 0)
+    w = rng.standard_normal((b, t, h, d)).astype(np.float32)
+    impls = ["chunked"] + ([] if cpu or jax.default_backend() != "gpu" else ["cudnn"])
+    cases = [("causal", None, False), ("window 257", 257, False), ("causal, 3 documents", None, True)]
+
+    def run(impl, dtype, window, segments):
+        kw = dict(window=window)
+        if segments:
+            kw.update(q_segment_ids=jnp.asarray(seg), kv_segment_ids=jnp.asarray(seg))
+        extra = blocks if impl == "chunked" else {}
+        f = lambda q, k, v: dot_product_attention(q, k, v, implementation=impl, **kw, **extra)
+
+        @jax.jit
+        def fwd_bwd(q, k, v):
+            o, vjp = jax.vjp(f, q, k, v)
+            return (o, *vjp(jnp.asarray(w).astype(o.dtype)))
+        with jax.default_matmul_precision("highest"):
+            return [np.asarray(x.astype(jnp.float32)) for x in
+                    fwd_bwd(*(jnp.asarray(x).astype(dtype) for x in (q, k, v)))]
+
+    rows, worst = [], {}
+    for dtype in (jnp.float32, jnp.bfloat16):
+        name = jnp.dtype(dtype).name
+        for label, window, segments in cases:
+            try:
+                ref = run("xla", jnp.float32, window, segments)
+            except Exception as e:                         # noqa: BLE001 - keep the other rows
+                rows.append(["xla", name, label, f"reference failed: {type(e).__name__}: {e}"[:160], "-"])
+                continue
+            for impl in impls:
+                if impl == "cudnn" and segments:
+                    continue  # cudnn takes no segment ids (the op refuses them)
+                try:
+                    got = run(impl, dtype, window, segments)
+                    err = max(float(np.max(np.abs(g - r)) / max(float(np.max(np.abs(r))), 1e-30))
+                              for g, r in zip(got, ref))
+                    ok = err <= ATTN_TOL[name]
+                    # a failed row makes the implementation's worst error inf for good
+                    worst[impl] = max(worst.get(impl, 0.0), err if ok else np.inf)
+                    rows.append([impl, name, label, f"{err:.2e}", "PASS" if ok else "FAIL"])
+                except Exception as e:                     # noqa: BLE001
+                    worst[impl] = np.inf
+                    rows.append([impl, name, label, f"{type(e).__name__}: {e}"[:160], "FAIL"])
+    rep.table(["implementation", "dtype", "case", "max err (o, dq, dk, dv) / max ref", "result"], rows)
+    passed = [i for i, e in worst.items() if np.isfinite(e)]
+    if passed and not cpu:
+        backend = "gpu" if jax.default_backend() == "gpu" else jax.default_backend()
+        rep(f"Passed on this device: add {passed} to VERIFIED[{backend!r}] in jet_jax/ops/attention.py "
+            f"(device {jax.devices()[0].device_kind}, commit {_commit()}, {datetime.date.today().isoformat()}).")
+        rep()
+    return worst
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     default_out = os.path.join(os.environ["OUT"], "gpu_suite.md") if os.environ.get("OUT") else "gpu_suite.md"
     p.add_argument("--out", default=default_out)
     p.add_argument("--cpu", action="store_true", help="tiny shapes, interpret mode: a smoke run of the script")
     p.add_argument("--iters", type=int, default=10)
-    p.add_argument("--skip", default="", help="comma-separated parts to skip: a,b,c")
+    p.add_argument("--skip", default="", help="comma-separated parts to skip: a,b,c,d")
     p.add_argument("--throughput-args", default="--student jet-nemotron-2b --teacher qwen2.5-1.5b "
-                   "--contexts 4096,16384 --budget-gib 60")
-    p.add_argument("--throughput-timeout", type=int, default=150)
+                   "--contexts 4096,16384,65536 --budget-gib 60")
+    p.add_argument("--throughput-timeout", type=int, default=200)
     p.add_argument("--budget", type=float, default=400,
                    help="seconds: rows that would start later than this print 'skipped: time budget'")
     args = p.parse_args(argv)
@@ -265,6 +337,7 @@ def main(argv=None):
         f"commit {_commit()}, {datetime.date.today().isoformat()}")
     rep()
     parts = [("a", lambda: correctness(rep, args.cpu)), ("b", lambda: kernel_table(rep, args.cpu, args.iters)),
+             ("d", lambda: attention(rep, args.cpu)),
              ("c", lambda: throughput(rep, args.cpu, args.throughput_args, args.throughput_timeout))]
     worst = None
     for key, fn in parts:
