@@ -12,7 +12,7 @@ from jet_jax.layers.decoder import DecoderLayer
 ATTENTION_TYPES = ("attn", "swa")  # layers whose decode cache is a KV buffer
 from jet_jax.layers.norms import RMSNorm
 from jet_jax.layers.rope import positions_from_segments
-from jet_jax.sharding import constrain, partitioned
+from jet_jax.sharding import constrain, current_step_mesh, partitioned
 
 
 def make_token_embedding(cfg: ModelConfig, *, rngs: nnx.Rngs, dtype, param_dtype) -> nnx.Embed:
@@ -21,6 +21,20 @@ def make_token_embedding(cfg: ModelConfig, *, rngs: nnx.Rngs, dtype, param_dtype
         cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype,
         embedding_init=partitioned(nnx.initializers.normal(cfg.initializer_range), "vocab", "embed"),
         rngs=rngs)
+
+
+def embed_lookup(embed: nnx.Embed, input_ids: jax.Array) -> jax.Array:
+    """input_ids [B, T] -> [B, T, D] rows of `embed`'s table.
+
+    Under `step_mesh` the table is first gathered over its `embed` (fsdp) axis, the usual
+    FSDP weight gather, so the lookup comes out sharded like its ids (over the batch).
+    Looked up straight from the (vocab, embed)-sharded table, the rows came out sharded over
+    D, and XLA resharded them to the batch by replicating the whole [B, T, D] on every
+    device ("involuntary full rematerialization", in the forward and the backward)."""
+    if current_step_mesh() is None:
+        return embed(input_ids)
+    table = constrain(embed.embedding[...], "activation_vocab", "activation_embed")
+    return jnp.take(table.astype(embed.dtype or table.dtype), input_ids, axis=0)
 
 
 def make_lm_head(cfg: ModelConfig, *, rngs: nnx.Rngs, dtype, param_dtype) -> nnx.Linear:
@@ -225,7 +239,7 @@ class JetNemotronForCausalLM(nnx.Module):
             if cache is not None:
                 raise ValueError("positions are required when decoding with a cache")
             positions = default_positions(input_ids, segment_ids)
-        h = _constrain_h(self.model.embed_tokens(input_ids))
+        h = _constrain_h(embed_lookup(self.model.embed_tokens, input_ids))
         hidden = [h]
         entry_of = {i: k for k, (_, layers) in enumerate(entries) for i in layers}
         new_cache = None if cache is None else list(cache)

@@ -121,6 +121,11 @@ def test_sharded_distill_step_gathers_no_activation_for_kernels(monkeypatch, wra
         # Nothing at all is gathered inside a kernel op (the gathers left are the FSDP weight
         # gathers of the XLA projections and the embedding, outside the ops' scopes).
         assert _gathers_for_kernels(hlo) == [], _gathers_for_kernels(hlo)
+        # The embedding lookup gathers its table, not its output: looking up rows of the
+        # (vocab, embed)-sharded table directly put all-gathers in `_take` (the [B/4, T, D]
+        # rows and the table; XLA replicated the whole batch to reshard them).
+        take = [l for l in re.findall(r"= \S+ all-gather\([^\n]*", hlo) if "_take" in l]
+        assert take == [], take[:2]
     else:
         # Without shard_map the kernels get global operands, gathered to the whole batch:
         # the check above can fail.
