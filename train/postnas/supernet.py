@@ -30,7 +30,7 @@ from jet_jax.layers.attention import Attention
 from jet_jax.layers.decoder import make_mixer
 from jet_jax.layers.mlp import MLP
 from jet_jax.layers.norms import RMSNorm
-from jet_jax.model import (JetNemotronForCausalLM, default_positions, make_lm_head,
+from jet_jax.model import (JetNemotronForCausalLM, default_positions, embed_lookup, make_lm_head,
                            make_token_embedding, output_logits)
 
 LINEAR, ATTN, SWA = 0, 1, 2
@@ -162,7 +162,7 @@ class SuperNetwork(nnx.Module):
         choice = choice.astype(jnp.int32)
         if positions is None:
             positions = default_positions(input_ids, segment_ids)
-        h = self.model.embed_tokens(input_ids)
+        h = embed_lookup(self.model.embed_tokens, input_ids)
         hidden = [h]
         for i, layer in enumerate(self.model.layers):
             h = layer(h, choice[i], positions=positions, segment_ids=segment_ids)
