@@ -40,7 +40,8 @@ Rows (bytes per device):
 * gathered weights (FSDP, only when a weight is sharded over data/fsdp): a matmul needs its
               weight whole except for the `tensor` split, so the step all-gathers it. Kept at
               once: the student's and the teacher's output head [D, V/tp] (gathered once per
-              step for the loss); without --remat every student layer's gathered weights (the
+              step for the loss) and token embedding table [V/tp, D] (gathered for the lookup,
+              so the looked-up rows come out batch-sharded; one table when tied); without --remat every student layer's gathered weights (the
               backward reads them: they are residuals of the forward), with --remat the largest
               student layer's; the teacher's largest layer (forward only).
 
@@ -158,8 +159,9 @@ def gathered_elements(row: dict, mesh_sizes: dict[str, int]) -> int:
 
 def gathered_weight_bytes(rows: Sequence[dict], mesh_sizes: dict[str, int], nbytes: int,
                           all_layers: bool) -> dict[str, int]:
-    """FSDP all-gather transients (see the module docstring): {"head": the output head (or the
-    tied embedding), "layers": every layer's (all_layers) or the largest layer's}."""
+    """FSDP all-gather transients (see the module docstring): {"head": the output head and
+    the token embedding table (gathered for the lookup, `jet_jax.model.embed_lookup`; once
+    when tied), "layers": every layer's (all_layers) or the largest layer's}."""
     import re
     per_layer: dict[str, int] = {}
     head = emb = 0
@@ -175,7 +177,7 @@ def gathered_weight_bytes(rows: Sequence[dict], mesh_sizes: dict[str, int], nbyt
         elif "embed_tokens" in r["name"]:
             emb = g
     layers = (sum(per_layer.values()) if all_layers else max(per_layer.values(), default=0))
-    return {"head": (head or emb) * nbytes, "layers": layers * nbytes}
+    return {"head": (head + emb) * nbytes, "layers": layers * nbytes}
 
 
 def is_frozen(name: str, patterns: Sequence[str] = FROZEN_PATTERNS) -> bool:
