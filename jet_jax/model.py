@@ -137,8 +137,8 @@ class JetNemotronForCausalLM(nnx.Module):
         return layer_runs(self.config.layer_types, self.scan_layers)
 
     def cache_runs(self) -> list[tuple[int, int]]:
-        """The runs a cached (prefill/decode) call uses, one cache entry each: `layer_runs()`
-        with attention runs split into single layers, so every KV buffer stays its own
+        """The runs a cached (prefill/decode) call uses: `layer_runs()` with attention runs
+        split into single layers, so every KV buffer stays its own
         donated array that the step updates in place (slicing a layer out of a stacked KV
         buffer inside a scan copies it: 38% of the cache as temporaries, measured)."""
         out = []
@@ -202,10 +202,6 @@ class JetNemotronForCausalLM(nnx.Module):
         row = self._type_index(i)
         return nnx.merge(graphdef, jax.tree.map(lambda x: x[row], state))
 
-    def cache_layer_types(self) -> list[str]:
-        """The layer type of each entry of `init_cache`'s list."""
-        return [t for t, _ in self.cache_entries()]
-
     def cache_bytes(self, batch_size: int, context: int, dtype_bytes: int = 2) -> int:
         return sum(self._layer(i, False).self_attn.cache_bytes(batch_size, context, dtype_bytes)
                    for i in range(self.config.num_hidden_layers))
@@ -246,7 +242,7 @@ class JetNemotronForCausalLM(nnx.Module):
         # Inference (a cache, or stacked parameters): every run of a stacked type scans rows
         # of its type's parameter stack and cache entry. Training scans each run's own
         # parameters as scan inputs (their gradients come out stacked, not accumulated).
-        by_type = cache is not None or self.layers_stacked
+        type_scanned = self.stacked_types() if cache is not None or self.layers_stacked else ()
         stacks = {}
 
         def run_layer(layer, h, positions, segment_ids, layer_cache):
@@ -259,7 +255,7 @@ class JetNemotronForCausalLM(nnx.Module):
             t = self.config.layer_types[a]
             k = entry_of[a]
             entry = None if cache is None else new_cache[k]
-            if by_type and t in self.stacked_types():
+            if t in type_scanned:
                 if t not in stacks:
                     stacks[t] = self._type_stack(t)
                 h, c, hs = self._scan_run(a, z, h, positions, segment_ids, entry,

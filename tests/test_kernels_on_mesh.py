@@ -38,8 +38,13 @@ LOSS = LossSection(kl_weight=1.0, ce_weight=0.5, mse_weight=0.1)
 GLOBAL_B, T = 24, 32  # 24: no parameter of the tiny models has a dim of that size
 
 
+def _gather_lines(hlo: str) -> list[str]:
+    """Every all-gather instruction of the compiled HLO, one line each."""
+    return re.findall(r"= \S+ all-gather\([^\n]*", hlo)
+
+
 def _gathered_shapes(hlo: str) -> list[str]:
-    return re.findall(r"= (\S+) all-gather\(", hlo)
+    return [line.split()[1] for line in _gather_lines(hlo)]
 
 
 # The ops' named scopes (jax.named_scope on gated_delta_rule, dynamic_causal_conv and
@@ -51,7 +56,7 @@ KERNEL_SCOPES = ("gated_delta_rule", "dynamic_conv", "attention")
 def _gathers_for_kernels(hlo: str) -> list[str]:
     """all-gathers whose op_name lies inside a kernel op's scope: operands gathered for it."""
     out = []
-    for line in re.findall(r"= \S+ all-gather\([^\n]*", hlo):
+    for line in _gather_lines(hlo):
         op = re.search(r'op_name="([^"]*)"', line)
         if op and any(f"/{scope}/" in op.group(1) for scope in KERNEL_SCOPES):
             out.append(line[:160])
@@ -124,7 +129,7 @@ def test_sharded_distill_step_gathers_no_activation_for_kernels(monkeypatch, wra
         # The embedding lookup gathers its table, not its output: looking up rows of the
         # (vocab, embed)-sharded table directly put all-gathers in `_take` (the [B/4, T, D]
         # rows and the table; XLA replicated the whole batch to reshard them).
-        take = [l for l in re.findall(r"= \S+ all-gather\([^\n]*", hlo) if "_take" in l]
+        take = [l for l in _gather_lines(hlo) if "_take" in l]
         assert take == [], take[:2]
     else:
         # Without shard_map the kernels get global operands, gathered to the whole batch:

@@ -148,8 +148,11 @@ def _unit_lower_inverse(A):
     substitution unrolls into ~60 differently shaped slices and updates per layer).
     Numerically it is blocked triangular inversion (the same sums as forward substitution);
     not a doubling series (I - A)(I + A^2)...: its powers reach binomial sizes when the keys
-    of a chunk are nearly parallel, and f32 cancels badly. C that is not a power of two is
-    padded with identity rows (zero A), which leaves the leading block's inverse unchanged.
+    of a chunk are nearly parallel, and f32 cancels badly. Not `lax.linalg.triangular_solve`:
+    jaxlib's batched CPU solve spreads its batch over the thread pool it runs on and can
+    deadlock when that pool is busy (seen with 8 host devices on 2 cores). C that is not a
+    power of two is padded with identity rows (zero A), which leaves the leading block's
+    inverse unchanged.
     """
     C = A.shape[-1]
     P = 1 << max(C - 1, 0).bit_length()
