@@ -13,7 +13,8 @@
      smallest program holding one layer of each type the preset has (unrolled), which no
      arrangement of the 2B preset's layers can compile faster than;
   2. the compiled decode step's temporary memory as a fraction of its cache (all-attention
-     model, 4 layers, batch 8, 8192 positions, float32; cache donated);
+     model, 4 layers, batch 8, 8192 positions, float32; cache donated); 2b. the 2B preset's
+     decode step: temporaries in bf16 and f32, and the bf16 step time (random weights);
   3. one-sequence prefill tokens/s of the CPU student vs its teacher (jet_jax.commands.bench
      configs) at each context;
   4. peak memory (XLA memory_analysis: arguments + outputs - aliases + temporaries) of a
@@ -157,6 +158,41 @@ def decode_temp_fraction(batch=8, positions=8192):
     return out
 
 
+def decode_2b(batch=8, context=4096, steps=3):
+    """The Jet-Nemotron-2B preset's decode step: {(dtype, mode): temporaries, cache bytes}
+    (abstract compile), and {mode: median step seconds} in bf16 with random weights (one
+    model, run unrolled and through `stack_layers`)."""
+    from jet_jax_configs.presets import get_preset
+    cfg = get_preset("jet-nemotron-2b")
+    temps = {}
+    for name in ("bfloat16", "float32"):
+        dt = jnp.dtype(name)
+        for mode in MODES:
+            model = build(cfg, mode, dt, abstract=True)
+            graphdef, state = nnx.split(model)
+            cache = jax.eval_shape(lambda: model.init_cache(batch, context, dt))
+            ma = decode_step.lower(graphdef, state, _i32(batch), _i32(batch), cache).compile().memory_analysis()
+            temps[name, mode] = (ma.temp_size_in_bytes, sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(cache)))
+    times = {}
+    unrolled = JetNemotronForCausalLM(cfg, rngs=nnx.Rngs(0), dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
+    for mode in MODES:
+        model = unrolled if mode == "before" else stack_layers(unrolled)
+        graphdef, state = nnx.split(model)
+        cache = model.init_cache(batch, context, jnp.bfloat16)
+        tok = jnp.zeros((batch,), jnp.int32)
+        step = decode_step.lower(graphdef, state, tok, tok, cache).compile()
+        logits, cache = step(state, tok, tok, cache)
+        ts = []
+        for i in range(steps):
+            t0 = time.perf_counter()
+            logits, cache = step(state, tok, tok + i + 1, cache)
+            jax.block_until_ready(logits)
+            ts.append(time.perf_counter() - t0)
+        times[mode] = float(np.median(ts))
+        del model, state, cache, step
+    return temps, times
+
+
 def prefill_tok_s(model, context, chunk, dtype=jnp.float32, seed=0):
     graphdef, state = nnx.split(model)
     c = min(chunk, context)
@@ -231,6 +267,15 @@ def main(argv=None):
     for mode, (temp, cache) in dt.items():
         print(f"{mode:8} temp {temp / 2**20:8.1f} MiB  cache {cache / 2**20:8.1f} MiB  "
               f"{100 * temp / cache:5.1f}%", flush=True)
+
+    if not args.skip_2b:
+        temps, times = decode_2b()
+        print("\n2b. Jet-Nemotron-2B decode step (batch 8, 4096 positions, cache donated): "
+              "temporaries (compiled) and, in bf16 with random weights, the median step time")
+        print(f"{'dtype':9} {'mode':8} {'temp (MiB)':>11} {'cache (MiB)':>12} {'step (s)':>9}")
+        for (name, mode), (temp, cache) in temps.items():
+            step = f"{times[mode]:>9.2f}" if name == "bfloat16" else ""
+            print(f"{name:9} {mode:8} {temp / 2**20:>11,.0f} {cache / 2**20:>12,.0f} {step}", flush=True)
 
     print(f"\n3. one-sequence prefill tokens/s (chunk {args.prefill_chunk}, f32)")
     print(f"{'context':>8} {'mode':8} {'student':>10} {'teacher':>10} {'student/teacher':>16}")
