@@ -159,9 +159,9 @@ def decode_temp_fraction(batch=8, positions=8192):
 
 
 def decode_2b(batch=8, context=4096, steps=3):
-    """The Jet-Nemotron-2B preset's decode step: {(dtype, mode): temporaries, cache bytes}
-    (abstract compile), and {mode: median step seconds} in bf16 with random weights (one
-    model, run unrolled and through `stack_layers`)."""
+    """The Jet-Nemotron-2B preset's decode step: {(dtype, mode): (temporaries, cache bytes)}
+    (abstract compile) and {(dtype, mode): median step seconds} with random weights (one
+    model per dtype, run unrolled and through `stack_layers`)."""
     from jet_jax_configs.presets import get_preset
     cfg = get_preset("jet-nemotron-2b")
     temps = {}
@@ -174,22 +174,25 @@ def decode_2b(batch=8, context=4096, steps=3):
             ma = decode_step.lower(graphdef, state, _i32(batch), _i32(batch), cache).compile().memory_analysis()
             temps[name, mode] = (ma.temp_size_in_bytes, sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(cache)))
     times = {}
-    unrolled = JetNemotronForCausalLM(cfg, rngs=nnx.Rngs(0), dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
-    for mode in MODES:
-        model = unrolled if mode == "before" else stack_layers(unrolled)
-        graphdef, state = nnx.split(model)
-        cache = model.init_cache(batch, context, jnp.bfloat16)
-        tok = jnp.zeros((batch,), jnp.int32)
-        step = decode_step.lower(graphdef, state, tok, tok, cache).compile()
-        logits, cache = step(state, tok, tok, cache)
-        ts = []
-        for i in range(steps):
-            t0 = time.perf_counter()
-            logits, cache = step(state, tok, tok + i + 1, cache)
-            jax.block_until_ready(logits)
-            ts.append(time.perf_counter() - t0)
-        times[mode] = float(np.median(ts))
-        del model, state, cache, step
+    for name in ("bfloat16", "float32"):
+        dt = jnp.dtype(name)
+        unrolled = JetNemotronForCausalLM(cfg, rngs=nnx.Rngs(0), dtype=dt, param_dtype=dt)
+        for mode in MODES:
+            model = unrolled if mode == "before" else stack_layers(unrolled)
+            graphdef, state = nnx.split(model)
+            cache = model.init_cache(batch, context, dt)
+            tok = jnp.zeros((batch,), jnp.int32)
+            step = decode_step.lower(graphdef, state, tok, tok, cache).compile()
+            logits, cache = step(state, tok, tok, cache)
+            ts = []
+            for i in range(steps):
+                t0 = time.perf_counter()
+                logits, cache = step(state, tok, tok + i + 1, cache)
+                jax.block_until_ready(logits)
+                ts.append(time.perf_counter() - t0)
+            times[name, mode] = float(np.median(ts))
+            del model, state, cache, step
+        del unrolled
     return temps, times
 
 
@@ -214,17 +217,20 @@ def main(argv=None):
     p.add_argument("--contexts", type=lambda s: [int(x) for x in s.split(",")], default=[4096, 16384])
     p.add_argument("--prefill-chunk", type=int, default=2048)
     p.add_argument("--peak-tokens", type=int, default=32768)
-    p.add_argument("--skip-2b", action="store_true", help="skip the Jet-Nemotron-2B compile table")
+    p.add_argument("--skip-2b", action="store_true", help="skip the Jet-Nemotron-2B tables (1, 2b)")
+    p.add_argument("--only", type=lambda s: set(s.split(",")), default=None,
+                   help="comma-separated tables to run, of 1 (with 1b, 1c), 2, 2b, 3, 4 (default: all)")
     p.add_argument("--baseline", default="4265ea6",
                    help="git revision compiled as 'base' in table 1 ('' to skip)")
     p.add_argument("--before-max-context", type=int, default=None,
                    help="time the 'before' prefill only up to this context (dense attention "
                         "is quadratic: 16K takes tens of minutes on two shared cores)")
     args = p.parse_args(argv)
+    want = lambda table: args.only is None or table in args.only
     print(f"backend {jax.default_backend()}, jax {jax.__version__}; before = unrolled + dense "
           f"'xla' attention, after = stacked-layer scan + 'auto' attention", flush=True)
 
-    if not args.skip_2b:
+    if not args.skip_2b and want("1"):
         from jet_jax_configs.presets import get_preset
         dtypes = ("bfloat16", "float32")
         base = baseline_compile_times(args.baseline, dtypes) if args.baseline else {}
@@ -262,24 +268,26 @@ def main(argv=None):
             tp, td = compile_times(floor, dtype=jnp.dtype(name))["after"]
             print(f"{name:9} {tp:>12.2f} {td:>11.2f}", flush=True)
 
-    dt = decode_temp_fraction()
-    print("\n2. decode step temporaries vs cache (4 attn layers, batch 8, 8192 positions, f32)")
+    dt = decode_temp_fraction() if want("2") else {}
+    if dt:
+        print("\n2. decode step temporaries vs cache (4 attn layers, batch 8, 8192 positions, f32)")
     for mode, (temp, cache) in dt.items():
         print(f"{mode:8} temp {temp / 2**20:8.1f} MiB  cache {cache / 2**20:8.1f} MiB  "
               f"{100 * temp / cache:5.1f}%", flush=True)
 
-    if not args.skip_2b:
+    if not args.skip_2b and want("2b"):
         temps, times = decode_2b()
         print("\n2b. Jet-Nemotron-2B decode step (batch 8, 4096 positions, cache donated): "
-              "temporaries (compiled) and, in bf16 with random weights, the median step time")
+              "temporaries (compiled) and median step time (random weights)")
         print(f"{'dtype':9} {'mode':8} {'temp (MiB)':>11} {'cache (MiB)':>12} {'step (s)':>9}")
         for (name, mode), (temp, cache) in temps.items():
-            step = f"{times[mode]:>9.2f}" if name == "bfloat16" else ""
-            print(f"{name:9} {mode:8} {temp / 2**20:>11,.0f} {cache / 2**20:>12,.0f} {step}", flush=True)
+            print(f"{name:9} {mode:8} {temp / 2**20:>11,.0f} {cache / 2**20:>12,.0f} "
+                  f"{times[name, mode]:>9.2f}", flush=True)
 
-    print(f"\n3. one-sequence prefill tokens/s (chunk {args.prefill_chunk}, f32)")
-    print(f"{'context':>8} {'mode':8} {'student':>10} {'teacher':>10} {'student/teacher':>16}")
-    for ctx in args.contexts:
+    if want("3"):
+        print(f"\n3. one-sequence prefill tokens/s (chunk {args.prefill_chunk}, f32)")
+        print(f"{'context':>8} {'mode':8} {'student':>10} {'teacher':>10} {'student/teacher':>16}")
+    for ctx in args.contexts if want("3") else ():
         for mode in MODES:
             if mode == "before" and args.before_max_context and ctx > args.before_max_context:
                 print(f"{ctx:>8} {mode:8} {'skipped (--before-max-context)':>38}", flush=True)
@@ -289,6 +297,8 @@ def main(argv=None):
             print(f"{ctx:>8} {mode:8} {s:>10,.0f} {t:>10,.0f} {s / t:>16.2f}", flush=True)
 
     n = args.peak_tokens
+    if not want("4"):
+        return
     print(f"\n4. peak memory of a {n}-token prefill in one chunk (memory_analysis, f32)")
     for name, cfg in (("student", CPU_STUDENT), ("teacher", CPU_TEACHER)):
         row = [f"{name:8}"]

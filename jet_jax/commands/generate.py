@@ -69,7 +69,6 @@ def _load(args):
 
 def run(args: argparse.Namespace) -> int:
     from jet_jax.generation import generate, generate_stream
-    from jet_jax.model import stack_layers
     from jet_jax.sampling import SamplingConfig
     from jet_jax.token_ids import TokenIdError, check_prompts
 
@@ -79,8 +78,6 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, KeyError, ValueError) as e:
         print(f"jet-jax generate: error: {e}", file=sys.stderr)
         return 1
-    # one parameter stack per linear type: compile time flat in depth, layers sliced in place
-    model = stack_layers(model)
     cfg = model.config
     tokenizer = tokenizer_for_model(args.model, cfg.vocab_size)
     if cfg.vocab_size < 256 and isinstance(tokenizer, ByteTokenizer):
