@@ -154,7 +154,8 @@ class JetNemotronForCausalLM(nnx.Module):
         layer, except that with `scan_layers` the layers of each type in `stacked_types()`
         share one entry, their states stacked on a leading axis in layer order. Every run of
         that type then indexes rows of that one entry (as of its parameter stack), so all
-        runs of a type compile to one loop body; attention layers keep one KV buffer each."""
+        runs of a type have the same loop body (XLA still compiles each loop on its own);
+        attention layers keep one KV buffer each."""
         lt = self.config.layer_types
         types = self.stacked_types()
         out = []
@@ -189,8 +190,7 @@ class JetNemotronForCausalLM(nnx.Module):
     def param_float_dtype(self):
         """The 16-bit float dtype of the parameters (None if they have none): what
         `float_bits` stacks hold as bits on CPU."""
-        return _sixteen_bit_float(nnx.state(self.model.layers[0] if len(self.model.layers)
-                                            else self.model.norm))
+        return _sixteen_bit_float(nnx.state(self.model.norm))
 
     def _layer(self, i: int, slice_params: bool = True) -> DecoderLayer:
         """Layer i as a module (sliced out of its type's stack after `stack_layers`; with
@@ -299,7 +299,7 @@ class JetNemotronForCausalLM(nnx.Module):
 
         With `type_stack` (inference): the scan runs over rows first..first+n-1 of the type's
         parameter stack and of its cache entry `cache` (all layers of the type), so every
-        run of a type is the same loop body, compiled once per shape. The cache travels in
+        run of a type has the same loop body (XLA compiles each loop on its own). The cache travels in
         the carry and each row is written back with a dynamic update, so a donated cache is
         updated in place. Without (training): the run's own parameters, stacked here, are
         the scan's inputs (so their gradients are its stacked outputs), `cache` is None."""
@@ -350,8 +350,8 @@ def float_bits(stack):
     """On CPU: the stacked parameters with their 16-bit floats held as uint16 bits (same
     shape). XLA:CPU slices a bf16 array by converting the whole of it to float32; inside
     the layer scan it hoists that convert of every stack out of the loop, so every step
-    converted every stacked weight (the 2B decode step in bf16: 7.7 GB of temporaries and
-    3.6x the float32 step time). Integers are sliced as they are. Other backends: unchanged."""
+    converted every stacked weight (the 2B decode step in bf16: 7.7 GB of temporaries).
+    Integers are sliced as they are. Other backends: unchanged."""
     if jax.default_backend() != "cpu":
         return stack
     return jax.tree.map(lambda x: jax.lax.bitcast_convert_type(x, jnp.uint16)
@@ -372,8 +372,8 @@ def _written_after(rows, h: jax.Array):
     sharding), so their in-place write into the stacked cache is ordered after every read
     of the old rows, all of which feed h. Without it XLA cannot order a fused read of
     the old row before the in-place write, and copies the whole stacked array twice per
-    layer (the 2B decode step copied its [24, B, 3072, 4] conv states: at batch 1024 in bf16,
-    29 GB of copying per step). An optimization barrier does not order them on XLA:CPU. A
+    layer (measured on CPU: the 2B decode step copied its [24, B, 3072, 4] conv states; at
+    batch 1024 in bf16 that is 29 GB of copying per step). An optimization barrier does not order them on XLA:CPU. A
     non-finite h makes the rows NaN, as the next layer's input already is."""
     tie = 0 * h[:, -1, 0]
 
@@ -388,8 +388,9 @@ def stack_layers(model: JetNemotronForCausalLM) -> JetNemotronForCausalLM:
     """A scanning view of `model` (arrays shared, `model` unchanged) for inference.
 
     The layers of each type in `stacked_types()` (linear types with a multi-layer run) are
-    stacked once here into one [n_type, ...] module (`model.model.layer_stacks`), so jitted
-    steps no longer stack them and every run of a type shares one compiled loop body; the
+    stacked once here into one [n_type, ...] module (`model.model.layer_stacks`; a copy, with
+    16-bit floats held as bits on CPU, see `float_bits`), so jitted steps no longer stack
+    them and every run of a type scans rows of the same stack; the
     other layers (attention: their KV buffers are updated in place) stay single in
     `model.model.layers`. Training, checkpoints and HF conversion use the per-layer tree
     (`unstack_layers` goes back)."""
