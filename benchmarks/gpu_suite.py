@@ -27,6 +27,11 @@ and prints them as it goes. A failing row prints why; the rest still run.
       blocks, and (chunked) packed documents; f32 and bf16. An implementation may be added
       to `VERIFIED` in jet_jax/ops/attention.py for this backend only after its rows here
       PASS; the suite prints the line.
+  (e) the layer scan on the device: the Jet-Nemotron-2B preset (bf16, random weights)
+      `stack_layers` vs unrolled: lower+compile time of the decode step (the issue measured
+      18.6 s unrolled on an H200) and, stacked, of a 2048-token prefill chunk (63.7 s
+      unrolled), and the decode step time at batch 64 (does slicing each layer's weights out
+      of a stack cost time here?). Runs before (c) and leaves it its time.
 
 The exact device call for the next session (FLA is not on the GPU image; it travels as
 the pure-Python fla-core wheel, see /work/.library/device/README.md). Once, here, in the
@@ -251,6 +256,59 @@ def throughput(rep, cpu, args_str, timeout):
     rep()
 
 
+def layer_scan(rep, cpu, keep_s=215):
+    """(e) The 2B preset (bf16, random weights) through `stack_layers` vs unrolled: compile
+    time of the decode step, the decode step time (batch 64, 4096 positions), and (stacked
+    only: the issue measured 63.7 s unrolled) the compile time of a 2048-token prefill chunk.
+    Each row starts only while more than `keep_s` seconds of the budget are left, so part
+    (c) keeps its time."""
+    from flax import nnx
+    from jet_jax.generation import decode_step, prefill_step
+    from jet_jax.model import JetNemotronForCausalLM, stack_layers
+    from jet_jax.presets import TINY_JET, get_preset
+    rep("## (e) layer scan on the device: Jet-Nemotron-2B decode and prefill, unrolled vs stacked")
+    rep()
+    cfg, batch, ctx, chunk = get_preset("jet-nemotron-2b"), 64, 4096, 2048
+    if cpu:
+        cfg, batch, ctx, chunk, keep_s = TINY_JET, 2, 64, 32, 0
+    dt = jnp.bfloat16
+    model = JetNemotronForCausalLM(cfg, rngs=nnx.Rngs(0), dtype=dt, param_dtype=dt)
+    i32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.int32)
+    rows = []
+    for mode in ("stacked", "unrolled"):
+        if rep.left() < keep_s:
+            rows.append((mode, f"skipped: time budget ({rep.left():.0f} s left)", "", ""))
+            continue
+        m = model if mode == "unrolled" else stack_layers(model)
+        graphdef, state = nnx.split(m)
+        cache = m.init_cache(batch, ctx, dt)
+        tok = jnp.zeros((batch,), jnp.int32)
+        t0 = time.perf_counter()
+        step = decode_step.lower(graphdef, state, tok, tok, cache).compile()
+        compile_decode = time.perf_counter() - t0
+        logits, cache = step(state, tok, tok, cache)
+        jax.block_until_ready(logits)
+        ts = []
+        for i in range(10):
+            t0 = time.perf_counter()
+            logits, cache = step(state, tok, tok + i + 1, cache)
+            jax.block_until_ready(logits)
+            ts.append(time.perf_counter() - t0)
+        del cache, step
+        prefill_s = "not run (the issue: 63.7 s at 4265ea6)" if mode == "unrolled" else "skipped: time budget"
+        if mode == "stacked" and rep.left() > keep_s:
+            one = jax.eval_shape(lambda: m.init_cache(1, ctx, dt))
+            t0 = time.perf_counter()
+            prefill_step.lower(graphdef, state, i32(1, chunk), i32(1, chunk), i32(1, chunk), one,
+                               jax.ShapeDtypeStruct((1,), bool)).compile()
+            prefill_s = f"{time.perf_counter() - t0:.1f}"
+        rows.append((mode, f"{compile_decode:.1f}", f"{1e3 * np.median(ts):.2f}", prefill_s))
+        del m, state
+    rep(f"batch {batch}, {ctx} positions, prefill chunk {chunk}; compile = lower + compile")
+    rep()
+    rep.table(["code", "decode compile (s)", "decode step (ms, median of 10)", "prefill chunk compile (s)"], rows)
+
+
 ATTN_TOL = {"float32": 2e-3, "bfloat16": 3e-2}  # max|err| / max|ref|, output and gradients
 
 
@@ -322,7 +380,7 @@ def main(argv=None):
     p.add_argument("--out", default=default_out)
     p.add_argument("--cpu", action="store_true", help="tiny shapes, interpret mode: a smoke run of the script")
     p.add_argument("--iters", type=int, default=10)
-    p.add_argument("--skip", default="", help="comma-separated parts to skip: a,b,c,d")
+    p.add_argument("--skip", default="", help="comma-separated parts to skip: a,b,c,d,e")
     p.add_argument("--throughput-args", default="--student jet-nemotron-2b --teacher qwen2.5-1.5b "
                    "--contexts 4096,16384,65536 --budget-gib 60")
     p.add_argument("--throughput-timeout", type=int, default=200)
@@ -337,7 +395,7 @@ def main(argv=None):
         f"commit {_commit()}, {datetime.date.today().isoformat()}")
     rep()
     parts = [("a", lambda: correctness(rep, args.cpu)), ("b", lambda: kernel_table(rep, args.cpu, args.iters)),
-             ("d", lambda: attention(rep, args.cpu)),
+             ("d", lambda: attention(rep, args.cpu)), ("e", lambda: layer_scan(rep, args.cpu)),
              ("c", lambda: throughput(rep, args.cpu, args.throughput_args, args.throughput_timeout))]
     worst = None
     for key, fn in parts:
