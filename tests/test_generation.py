@@ -214,6 +214,24 @@ def test_generate_cli_streams_from_orbax_checkpoint(tmp_path, capsys):
     assert out[len(prompt):].rstrip("\n").replace("\ufffd", "") == text.replace("\ufffd", "")
 
 
+def test_dtype_auto_is_float32_on_cpu_and_as_stored_elsewhere(tmp_path):
+    """`--dtype auto` loads a bf16 checkpoint as float32 on CPU (XLA:CPU converts bf16
+    weights on every matmul), as stored on accelerators; an explicit dtype is kept."""
+    import argparse
+    from jet_jax.checkpoint_io import save_orbax
+    from jet_jax.commands import dtype_choice
+    from jet_jax.commands.generate import _load
+
+    gd, st = nnx.split(_model("teacher"))
+    save_orbax(nnx.merge(gd, jax.tree.map(lambda x: x.astype(jnp.bfloat16), st)), tmp_path / "ckpt")
+    args = lambda dtype: argparse.Namespace(preset=None, model=str(tmp_path / "ckpt"), dtype=dtype, seed=0)
+    on_cpu = jax.default_backend() == "cpu"
+    assert dtype_choice.param_dtype("auto") == (jnp.float32 if on_cpu else None)
+    dtypes = lambda m: {x.dtype for x in jax.tree.leaves(nnx.state(m, nnx.Param))}
+    assert dtypes(_load(args("auto"))) == {jnp.dtype(jnp.float32 if on_cpu else jnp.bfloat16)}
+    assert dtypes(_load(args("bfloat16"))) == {jnp.dtype(jnp.bfloat16)}
+
+
 # ---------------------------------------------------------------------------------------
 # Throughput harness
 # ---------------------------------------------------------------------------------------

@@ -17,6 +17,8 @@ import math
 import sys
 from pathlib import Path
 
+from jet_jax.commands import dtype_choice
+
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="HF model directory or jet-jax Orbax checkpoint")
@@ -38,8 +40,8 @@ def register(parser: argparse.ArgumentParser) -> None:
                         "else --teacher's, else byte level)")
     parser.add_argument("--bos", action="store_true",
                         help="prepend the model's bos_token_id to every text/context")
-    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
-                        help="parameter dtype (auto: as stored)")
+    parser.add_argument("--dtype", choices=dtype_choice.CHOICES, default="auto",
+                        help=dtype_choice.HELP)
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic tasks")
     parser.add_argument("--json", help="write the results to this JSON file")
     parser.add_argument("--no-progress", action="store_true")
@@ -113,7 +115,6 @@ def evaluate_model(model, tokenizer, args) -> dict[str, dict[str, float]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import jax.numpy as jnp
 
     from jet_jax.checkpoint_io import load_model
     from jet_jax.evaluation import format_table, write_json
@@ -122,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         _check_args(args)
         tokenizer = _load_tokenizer(args)
         results = {}
-        dtype = None if args.dtype == "auto" else jnp.dtype(args.dtype)
+        dtype = dtype_choice.param_dtype(args.dtype)
         for name, path in (("model", args.model), ("teacher", args.teacher)):
             if path is None:
                 continue

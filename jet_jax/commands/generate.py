@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from jet_jax.commands import dtype_choice
 from jet_jax.tokenizer import ByteTokenizer, tokenizer_for_model
 
 
@@ -46,8 +47,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, default=0, help="0 = off")
     parser.add_argument("--top-p", type=float, default=1.0, help="1 = off")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (and --preset weights)")
-    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
-                        help="parameter/compute dtype (default: as stored; float32 for --preset)")
+    parser.add_argument("--dtype", choices=dtype_choice.CHOICES, default="auto",
+                        help=dtype_choice.HELP + "; float32 for --preset")
     parser.add_argument("--prefill-chunk", type=int, default=None,
                         help="prefill the prompt in chunks of this many tokens")
     parser.add_argument("--ignore-eos", action="store_true", help="do not stop at the EOS token")
@@ -64,7 +65,7 @@ def _load(args):
         return JetNemotronForCausalLM(get_preset(args.preset), rngs=nnx.Rngs(args.seed), dtype=dt,
                                       param_dtype=dt)
     from jet_jax.checkpoint_io import load_model
-    return load_model(args.model, param_dtype=None if args.dtype == "auto" else jnp.dtype(args.dtype))
+    return load_model(args.model, param_dtype=dtype_choice.param_dtype(args.dtype))
 
 
 def run(args: argparse.Namespace) -> int:
