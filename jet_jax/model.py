@@ -84,11 +84,6 @@ def stack_trees(trees):
     return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
-def unstack_tree(tree, n: int) -> list:
-    """Inverse of `stack_trees`: the n per-layer pytrees."""
-    return [jax.tree.map(lambda x: x[i], tree) for i in range(n)]
-
-
 class JetNemotronModel(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype, param_dtype,
                  gdr_implementation: str, conv_implementation: str,
@@ -292,16 +287,16 @@ class JetNemotronForCausalLM(nnx.Module):
         if self.layers_stacked:
             return nnx.split(self.model.layer_stacks[self.stacked_types().index(t)])
         layers = [self.model.layers[i] for i, u in enumerate(self.config.layer_types) if u == t]
-        return nnx.split(layers[0])[0], float_bits(stack_trees([nnx.state(layer) for layer in layers]))
+        return nnx.split(layers[0])[0], _stacked_params(layers)
 
     def _scan_run(self, a, z, h, positions, segment_ids, cache, return_hidden, type_stack=None):
         """Layers a..z-1 (one run of same-type layers) as one lax.scan.
 
         With `type_stack` (inference): the scan runs over rows first..first+n-1 of the type's
         parameter stack and of its cache entry `cache` (all layers of the type), so every
-        run of a type has the same loop body (XLA compiles each loop on its own). The cache travels in
-        the carry and each row is written back with a dynamic update, so a donated cache is
-        updated in place. Without (training): the run's own parameters, stacked here, are
+        run of a type has the same loop body (XLA compiles each loop on its own). The cache
+        travels in the carry and each row is written back with a dynamic update, so a
+        donated cache is updated in place. Without (training): the run's own parameters, stacked here, are
         the scan's inputs (so their gradients are its stacked outputs), `cache` is None."""
         n = z - a
         if type_stack is not None:
@@ -358,6 +353,13 @@ def float_bits(stack):
                         if jnp.dtype(x.dtype) in _SIXTEEN_BIT_FLOATS else x, stack)
 
 
+def _stacked_params(layers):
+    """The layers' states stacked [n, ...], 16-bit floats as bits on CPU (`float_bits`); leaf
+    by leaf, so the eager copy is a transient of one leaf's stack, not of all."""
+    return jax.tree.map(lambda *xs: jnp.stack([float_bits(x) for x in xs]),
+                        *[nnx.state(layer) for layer in layers])
+
+
 def floats_from_bits(tree, dtype):
     """Inverse of `float_bits` on one layer's slice: uint16 leaves viewed as `dtype`."""
     if dtype is None:
@@ -373,8 +375,9 @@ def _written_after(rows, h: jax.Array):
     of the old rows, all of which feed h. Without it XLA cannot order a fused read of
     the old row before the in-place write, and copies the whole stacked array twice per
     layer (measured on CPU: the 2B decode step copied its [24, B, 3072, 4] conv states; at
-    batch 1024 in bf16 that is 29 GB of copying per step). An optimization barrier does not order them on XLA:CPU. A
-    non-finite h makes the rows NaN, as the next layer's input already is."""
+    batch 1024 in bf16 that is 29 GB of copying per step). An optimization barrier does not
+    order them on XLA:CPU. A non-finite h makes the rows NaN, as the next layer's input
+    already is."""
     tie = 0 * h[:, -1, 0]
 
     def tied(r):
@@ -390,10 +393,9 @@ def stack_layers(model: JetNemotronForCausalLM) -> JetNemotronForCausalLM:
     The layers of each type in `stacked_types()` (linear types with a multi-layer run) are
     stacked once here into one [n_type, ...] module (`model.model.layer_stacks`; a copy, with
     16-bit floats held as bits on CPU, see `float_bits`), so jitted steps no longer stack
-    them and every run of a type scans rows of the same stack; the
-    other layers (attention: their KV buffers are updated in place) stay single in
-    `model.model.layers`. Training, checkpoints and HF conversion use the per-layer tree
-    (`unstack_layers` goes back)."""
+    them and every run of a type scans rows of the same stack; the other layers (attention:
+    their KV buffers are updated in place) stay single in `model.model.layers`. Training,
+    checkpoints and HF conversion use the per-layer tree (`unstack_layers` goes back)."""
     if model.layers_stacked:
         return model
     out = nnx.merge(*nnx.split(model))  # new module objects over the same arrays
@@ -403,10 +405,7 @@ def stack_layers(model: JetNemotronForCausalLM) -> JetNemotronForCausalLM:
     stacks = []
     for t in types:
         layers = [out.model.layers[i] for i in range(len(lt)) if lt[i] == t]
-        graphdef, _ = nnx.split(layers[0])
-        # leaf by leaf (float_bits copies on CPU): a transient of one leaf's stack, not all
-        stacks.append(nnx.merge(graphdef, jax.tree.map(
-            lambda *xs: jnp.stack([float_bits(x) for x in xs]), *[nnx.state(layer) for layer in layers])))
+        stacks.append(nnx.merge(nnx.split(layers[0])[0], _stacked_params(layers)))
     out.model.layer_stacks = nnx.List(stacks)
     out.model.layers = nnx.List([out.model.layers[i] for i in range(len(lt)) if lt[i] not in types])
     out.layers_stacked = True

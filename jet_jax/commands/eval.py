@@ -115,7 +115,6 @@ def evaluate_model(model, tokenizer, args) -> dict[str, dict[str, float]]:
 
 
 def run(args: argparse.Namespace) -> int:
-
     from jet_jax.checkpoint_io import load_model
     from jet_jax.evaluation import format_table, write_json
 
