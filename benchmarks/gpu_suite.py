@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import os
 import shlex
 import subprocess
@@ -266,6 +267,8 @@ def layer_scan(rep, cpu, keep_s=215):
     from jet_jax.generation import decode_step, prefill_step
     from jet_jax.model import JetNemotronForCausalLM, stack_layers
     from jet_jax.presets import TINY_JET, get_preset
+
+    from benchmarks.long_context import median_decode_step_s
     rep("## (e) layer scan on the device: Jet-Nemotron-2B decode and prefill, unrolled vs stacked")
     rep()
     cfg, batch, ctx, chunk = get_preset("jet-nemotron-2b"), 64, 4096, 2048
@@ -282,27 +285,19 @@ def layer_scan(rep, cpu, keep_s=215):
         m = model if mode == "unrolled" else stack_layers(model)
         graphdef, state = nnx.split(m)
         cache = m.init_cache(batch, ctx, dt)
-        tok = jnp.zeros((batch,), jnp.int32)
         t0 = time.perf_counter()
-        step = decode_step.lower(graphdef, state, tok, tok, cache).compile()
+        step = decode_step.lower(graphdef, state, i32(batch), i32(batch), cache).compile()
         compile_decode = time.perf_counter() - t0
-        logits, cache = step(state, tok, tok, cache)
-        jax.block_until_ready(logits)
-        ts = []
-        for i in range(10):
-            t0 = time.perf_counter()
-            logits, cache = step(state, tok, tok + i + 1, cache)
-            jax.block_until_ready(logits)
-            ts.append(time.perf_counter() - t0)
+        step_s = median_decode_step_s(step, state, batch, cache, 10)
         del cache, step
         prefill_s = "not run (the issue: 63.7 s at 4265ea6)" if mode == "unrolled" else "skipped: time budget"
         if mode == "stacked" and rep.left() > keep_s:
-            one = jax.eval_shape(lambda: m.init_cache(1, ctx, dt))
+            one = jax.eval_shape(functools.partial(m.init_cache, 1, ctx, dt))
             t0 = time.perf_counter()
             prefill_step.lower(graphdef, state, i32(1, chunk), i32(1, chunk), i32(1, chunk), one,
                                jax.ShapeDtypeStruct((1,), bool)).compile()
             prefill_s = f"{time.perf_counter() - t0:.1f}"
-        rows.append((mode, f"{compile_decode:.1f}", f"{1e3 * np.median(ts):.2f}", prefill_s))
+        rows.append((mode, f"{compile_decode:.1f}", f"{1e3 * step_s:.2f}", prefill_s))
         del m, state
     rep(f"batch {batch}, {ctx} positions, prefill chunk {chunk}; compile = lower + compile")
     rep()

@@ -143,19 +143,33 @@ def bytes_needed(compiled) -> int:
                + ma.temp_size_in_bytes)
 
 
+def decode_temp_and_cache(cfg, mode, batch, positions, dtype=jnp.float32) -> tuple[int, int]:
+    """(temporaries, cache bytes) of the compiled decode step (abstract shapes, cache donated)."""
+    model = build(cfg, mode, dtype, abstract=True)
+    graphdef, state = nnx.split(model)
+    cache = jax.eval_shape(lambda: model.init_cache(batch, positions, dtype))
+    ma = decode_step.lower(graphdef, state, _i32(batch), _i32(batch), cache).compile().memory_analysis()
+    return ma.temp_size_in_bytes, sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(cache))
+
+
+def median_decode_step_s(step, state, batch, cache, steps) -> float:
+    """Median seconds of `steps` calls of a compiled `decode_step` (after one untimed call)."""
+    tok = jnp.zeros((batch,), jnp.int32)
+    logits, cache = step(state, tok, tok, cache)
+    ts = []
+    for i in range(steps):
+        t0 = time.perf_counter()
+        logits, cache = step(state, tok, tok + i + 1, cache)
+        jax.block_until_ready(logits)
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts))
+
+
 def decode_temp_fraction(batch=8, positions=8192):
     cfg = ModelConfig(vocab_size=512, hidden_size=256, intermediate_size=704, num_hidden_layers=4,
                       num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=1 << 20,
                       tie_word_embeddings=True)
-    out = {}
-    for mode in MODES:
-        model = build(cfg, mode, abstract=True)
-        graphdef, state = nnx.split(model)
-        cache = jax.eval_shape(lambda: model.init_cache(batch, positions, jnp.float32))
-        ma = decode_step.lower(graphdef, state, _i32(batch), _i32(batch), cache).compile().memory_analysis()
-        cache_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(cache))
-        out[mode] = (ma.temp_size_in_bytes, cache_bytes)
-    return out
+    return {mode: decode_temp_and_cache(cfg, mode, batch, positions) for mode in MODES}
 
 
 def decode_2b(batch=8, context=4096, steps=3):
@@ -164,15 +178,8 @@ def decode_2b(batch=8, context=4096, steps=3):
     model per dtype, run unrolled and through `stack_layers`)."""
     from jet_jax_configs.presets import get_preset
     cfg = get_preset("jet-nemotron-2b")
-    temps = {}
-    for name in ("bfloat16", "float32"):
-        dt = jnp.dtype(name)
-        for mode in MODES:
-            model = build(cfg, mode, dt, abstract=True)
-            graphdef, state = nnx.split(model)
-            cache = jax.eval_shape(lambda: model.init_cache(batch, context, dt))
-            ma = decode_step.lower(graphdef, state, _i32(batch), _i32(batch), cache).compile().memory_analysis()
-            temps[name, mode] = (ma.temp_size_in_bytes, sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(cache)))
+    temps = {(name, mode): decode_temp_and_cache(cfg, mode, batch, context, jnp.dtype(name))
+             for name in ("bfloat16", "float32") for mode in MODES}
     times = {}
     for name in ("bfloat16", "float32"):
         dt = jnp.dtype(name)
@@ -181,16 +188,8 @@ def decode_2b(batch=8, context=4096, steps=3):
             model = unrolled if mode == "before" else stack_layers(unrolled)
             graphdef, state = nnx.split(model)
             cache = model.init_cache(batch, context, dt)
-            tok = jnp.zeros((batch,), jnp.int32)
-            step = decode_step.lower(graphdef, state, tok, tok, cache).compile()
-            logits, cache = step(state, tok, tok, cache)
-            ts = []
-            for i in range(steps):
-                t0 = time.perf_counter()
-                logits, cache = step(state, tok, tok + i + 1, cache)
-                jax.block_until_ready(logits)
-                ts.append(time.perf_counter() - t0)
-            times[name, mode] = float(np.median(ts))
+            step = decode_step.lower(graphdef, state, _i32(batch), _i32(batch), cache).compile()
+            times[name, mode] = median_decode_step_s(step, state, batch, cache, steps)
             del model, state, cache, step
         del unrolled
     return temps, times

@@ -41,9 +41,10 @@ Rows (bytes per device):
               weight whole except for the `tensor` split, so the step all-gathers it. Kept at
               once: the student's and the teacher's output head [D, V/tp] (gathered once per
               step for the loss) and token embedding table [V/tp, D] (gathered for the lookup,
-              so the looked-up rows come out batch-sharded; one table when tied); without --remat every student layer's gathered weights (the
-              backward reads them: they are residuals of the forward), with --remat the largest
-              student layer's; the teacher's largest layer (forward only).
+              so the looked-up rows come out batch-sharded; one table when tied); without
+              --remat every student layer's gathered weights (the backward reads them: they
+              are residuals of the forward), with --remat the largest student layer's; the
+              teacher's largest layer (forward only).
 
 These are estimates (XLA fuses and rematerialises on its own; expect the real peak within
 roughly +-30% for activations); parameter, gradient and optimizer bytes are exact.
