@@ -9,7 +9,7 @@ import numpy as np
 from flax import nnx
 
 from jet_jax_configs.presets import TINY_JET
-from jet_jax.generation import generate, left_pad, prefill
+from jet_jax.generation import decode_step, generate, left_pad, prefill
 from jet_jax.model import JetNemotronForCausalLM, layer_runs, stack_layers, unstack_layers
 
 # Runs of 2 jet, 2 swa (window 32), 1 attn, 2 jet: three scanned runs and one single layer.
@@ -96,6 +96,13 @@ def test_stack_unstack_round_trip():
         np.testing.assert_array_equal(x.get_value(), y.get_value())
 
 
+def _compiled_decode_step(model, batch, length, dtype=jnp.float32):
+    """(the compiled one-token decode step of `model`, its abstract cache [batch, length])."""
+    graphdef, state = nnx.split(model)
+    cache = jax.eval_shape(lambda: model.init_cache(batch, length, dtype))
+    i32 = jax.ShapeDtypeStruct((batch,), jnp.int32)
+    return decode_step.lower(graphdef, state, i32, i32, cache).compile(), cache
+
 
 def test_stacked_decode_updates_the_stacked_cache_in_place():
     """The compiled decode step of a stacked model (cache donated) writes each layer's new
@@ -104,14 +111,9 @@ def test_stacked_decode_updates_the_stacked_cache_in_place():
     the old rows that XLA cannot order before the write made it copy the whole stack, twice
     per layer (`_written_after` in jet_jax.model)."""
     import re
-    from jet_jax.generation import decode_step
     cfg = TINY_JET.replace(num_hidden_layers=17, layer_types=("jet",) * 8 + ("attn",) + ("jet",) * 8)
-    model = stack_layers(JetNemotronForCausalLM(cfg, rngs=nnx.Rngs(0)))
-    graphdef, state = nnx.split(model)
-    batch = 256
-    cache = jax.eval_shape(lambda: model.init_cache(batch, 32))
-    i32 = jax.ShapeDtypeStruct((batch,), jnp.int32)
-    compiled = decode_step.lower(graphdef, state, i32, i32, cache).compile()
+    compiled, cache = _compiled_decode_step(stack_layers(JetNemotronForCausalLM(cfg, rngs=nnx.Rngs(0))),
+                                            256, 32)
     stacked = {",".join(map(str, x.shape)) for x in jax.tree.leaves(cache[0])}
     copied = set(re.findall(r"= f32\[([\d,]+)\]\S* copy\(", compiled.as_text()))
     assert not copied & stacked, copied & stacked
@@ -124,7 +126,6 @@ def test_bf16_stacks_slice_per_layer_on_cpu():
     """bf16 stacks are sliced one layer at a time on CPU (held as uint16 bits: XLA:CPU would
     convert each whole stack to float32 and hoist that out of the layer loop), give the
     unrolled model's logits, and unstack to the same parameters."""
-    from jet_jax.generation import decode_step
     # 8 jet layers: the stack, not the embedding, would dominate a whole-stack convert
     cfg = CFG.replace(num_hidden_layers=10, layer_types=("jet",) * 4 + ("attn", "swa") + ("jet",) * 4)
     model = JetNemotronForCausalLM(cfg, rngs=nnx.Rngs(0), dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
@@ -149,9 +150,6 @@ def test_bf16_stacks_slice_per_layer_on_cpu():
     for a, b in zip(jax.tree.leaves(nnx.state(unstack_layers(stacked), nnx.Param)),
                     jax.tree.leaves(nnx.state(model, nnx.Param))):
         assert a.dtype == b.dtype and bool(jnp.all(a == b))
-    graphdef, state = nnx.split(stacked)
-    cache = jax.eval_shape(lambda: stacked.init_cache(8, 16, jnp.bfloat16))
-    i32 = jax.ShapeDtypeStruct((8,), jnp.int32)
-    temp = decode_step.lower(graphdef, state, i32, i32, cache).compile().memory_analysis().temp_size_in_bytes
+    temp = _compiled_decode_step(stacked, 8, 16, jnp.bfloat16)[0].memory_analysis().temp_size_in_bytes
     stack_f32 = 2 * sum(x.size * x.dtype.itemsize for x in leaves)
     assert temp < stack_f32, (temp, stack_f32)  # 0.7 MB vs 2.4 MB with the whole-stack convert
