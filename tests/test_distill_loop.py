@@ -8,7 +8,9 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
+import pytest
 
 from jet_jax_train.metrics import read_jsonl
 
@@ -72,6 +74,7 @@ def test_sigkill_and_resume_reproduces_uninterrupted_run(tmp_path):
     assert proc.poll() is None, "the run finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert not (run_dir / "hf").exists()  # only a finished run writes the student
     logged_before_kill = max(_train_steps(run_dir))
     assert logged_before_kill < STEPS
     last_complete = complete_steps()[-1]
@@ -90,6 +93,13 @@ def test_sigkill_and_resume_reproduces_uninterrupted_run(tmp_path):
     records = read_jsonl(run_dir / "metrics.jsonl", "train")
     resumed = [r for r in records if r["step"] == summary["start_step"] + 1]
     assert len(resumed) == 2 and resumed[0]["loss"] == resumed[1]["loss"]
+    # The exported student of the resumed run is the uninterrupted run's, byte for byte.
+    assert summary["exported"] == str(run_dir / "hf")
+    from safetensors.numpy import load_file
+    got_t, ref_t = load_file(run_dir / "hf" / "model.safetensors"), load_file(ref_dir / "hf" / "model.safetensors")
+    assert sorted(got_t) == sorted(ref_t)
+    for k in ref_t:
+        np.testing.assert_array_equal(got_t[k], ref_t[k], err_msg=k)
 
 
 def test_demo_like_run_reduces_kl_to_teacher(tmp_path):
@@ -118,3 +128,33 @@ def test_demo_like_run_reduces_kl_to_teacher(tmp_path):
     assert np.isfinite(final["kl"]) and init["kl"] > 0
     assert final["kl"] < 0.8 * init["kl"], (init["kl"], final["kl"])
     assert 0.0 <= final["mqar_acc"] <= 1.0
+    # The finished run wrote the student where `jet-jax generate` / `eval` load it from; it
+    # is the trained student exactly (f32 throughout).
+    from jet_jax.checkpoint_io import load_model
+    assert s["exported"] == str(tmp_path / "student" / "hf")
+    ids = np.arange(40, dtype=np.int32).reshape(2, 20) % 200
+    want = s["flat_model"].merge(jax.device_get(s["final_params"]))(ids)
+    np.testing.assert_array_equal(load_model(s["exported"])(ids), want)
+
+
+@pytest.mark.parametrize("fmt, sub", [("orbax", "model"), ("none", None)])
+def test_finished_distill_exports_the_student_as_configured(tmp_path, fmt, sub):
+    """`train.export=orbax` writes `<output_dir>/model` (the same logits as the trained
+    student); `none` writes no model folder."""
+    from jet_jax_configs import distill_tiny
+    from jet_jax.checkpoint_io import load_model
+    from jet_jax_train.config import apply_overrides
+    from jet_jax_train.distill import run_distill
+
+    cfg = apply_overrides(distill_tiny.get_config(),
+                          OVERRIDES[1:] + ["train.steps=2", f"train.export={fmt}",
+                                           f"train.output_dir={tmp_path}"])
+    s = run_distill(cfg, print_fn=lambda *_: None)
+    assert not (tmp_path / "hf").exists()
+    if sub is None:
+        assert s["exported"] is None and not (tmp_path / "model").exists()
+        return
+    assert s["exported"] == str(tmp_path / sub)
+    ids = np.arange(32, dtype=np.int32).reshape(2, 16)
+    want = s["flat_model"].merge(jax.device_get(s["final_params"]))(ids)
+    np.testing.assert_array_equal(load_model(s["exported"])(ids), want)

@@ -100,6 +100,13 @@ def test_two_processes_equal_one_process_step_by_step(tmp_path, two_process_run)
     # differs (measured: <= 2e-6 relative).
     np.testing.assert_allclose([got[s] for s in sorted(got)], [ref[s] for s in sorted(ref)],
                                rtol=1e-5, atol=0)
+    # The exported student: gathered from both processes, written once, the 1-process one's
+    # up to the same reduction order.
+    from safetensors.numpy import load_file
+    want, have = (load_file(d / "hf" / "model.safetensors") for d in (one, two_process_run))
+    assert sorted(want) == sorted(have)
+    for k in want:
+        np.testing.assert_allclose(have[k], want[k], rtol=1e-4, atol=1e-6, err_msg=k)
 
 
 @pytest.mark.slow

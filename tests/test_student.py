@@ -98,6 +98,7 @@ def test_config_overrides():
     ("train.steps.x=1", r"'steps' is not a section"),
     ("train.steps", r"expected key=value"),
     ("data.seq_len=1", r"seq_len must be >= 2"),
+    ("train.export=onnx", r"train.export must be hf, orbax or none, got 'onnx'"),
 ])
 def test_config_override_errors(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -159,15 +159,26 @@ class LoggingSection:
             raise ConfigError(f"logging.progress must be tqdm, rich or none, got {self.progress!r}")
 
 
+# train.export -> the folder under output_dir that holds the exported student
+EXPORT_DIRS = {"hf": "hf", "orbax": "model", "none": None}
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainSection:
+    """`export`: the format of the final student that a finished run writes for `jet-jax
+    generate` / `eval` / `convert`: "hf" (`<output_dir>/hf`, config.json + safetensors, the
+    official key names), "orbax" (`<output_dir>/model`, the model's own dtype) or "none"."""
+
     steps: int = 100
     seed: int = 0
     output_dir: str = "runs/distill"
+    export: str = "hf"
 
     def __post_init__(self):
         if self.steps < 0:
             raise ConfigError(f"train.steps must be >= 0, got {self.steps}")
+        if self.export not in EXPORT_DIRS:
+            raise ConfigError(f"train.export must be hf, orbax or none, got {self.export!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,9 +26,6 @@ import os
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
-
 import jet_jax_configs
 from jet_jax_train.pretrain import ce_train_step, train_teacher  # noqa: F401  (re-exported)
 
@@ -127,10 +124,7 @@ def run_distill_demo(args: argparse.Namespace, cfg) -> int:
     else:
         print(f"reusing the teacher in {teacher_dir} (--retrain-teacher to train it again)")
     s = run_distill(cfg)
-    from jet_jax.convert.hf import to_hf
-    student_dir = os.path.join(out, "student", "hf")
-    to_hf(s["flat_model"].merge(jax.device_get(s["final_params"])), student_dir,
-          dtype=jnp.float32, overwrite=True)
+    student_dir = s["exported"]  # <out>/student/hf unless --set train.export=...
     init, final = s["init_eval"] or {}, s["final_eval"] or {}
     wall = time.perf_counter() - t0
     results = {

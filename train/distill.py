@@ -10,6 +10,9 @@
 * SIGTERM/SIGINT: finish the current step, save a checkpoint, exit cleanly (preemption).
 * Metrics: `<output_dir>/metrics.jsonl` and TensorBoard under `<output_dir>/tensorboard`;
   eval = held-out LM loss (student CE), KL to the teacher, MQAR accuracy.
+* Export: a run that reaches `train.steps` writes the student for `jet-jax generate` / `eval`
+  to `<output_dir>/hf` (HF, the default) or `<output_dir>/model` (Orbax), per `train.export`;
+  running the finished command again resumes at the last step and writes it again.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from flax import nnx
 from jet_jax.config import ModelConfig, hybrid_layer_types
 from jet_jax.model import JetNemotronForCausalLM
 from jet_jax_train.checkpointing import TrainCheckpointer
-from jet_jax_train.config import ConfigError, TrainConfig, to_dict
+from jet_jax_train.config import EXPORT_DIRS, ConfigError, TrainConfig, to_dict
 from jet_jax_train.data.mqar import mqar_accuracy
 from jet_jax_train.data.pipeline import make_eval_batches, make_mqar_eval_batches, make_train_iterator
 from jet_jax_train.distributed import initialize_distributed, mesh_from_config
@@ -224,4 +227,36 @@ def run_distill(cfg: TrainConfig, *, teacher_model: JetNemotronForCausalLM | Non
     finally:
         ckpt.close()
         writer.close()
+    summary["exported"] = None
+    sub = EXPORT_DIRS[cfg.train.export]
+    if sub is not None and not summary["interrupted"] and summary["end_step"] >= cfg.train.steps:
+        path = os.path.join(out_dir, sub)
+        export_student(s_flat, state["params"], path, cfg.train.export,
+                       tokenizer_from=cfg.model.teacher if os.path.isdir(cfg.model.teacher) else None)
+        summary["exported"] = path
+        print_fn(f"student written to {path} ({cfg.train.export})")
     return summary
+
+
+def export_student(flat: FlatModel, params, path: str, fmt: str, *,
+                   tokenizer_from: str | None = None) -> None:
+    """Write the student `flat.merge(params)` to `path` as "hf" (`to_hf`) or "orbax"
+    (`save_orbax`), in its parameter dtype, with the teacher's tokenizer files. Both writers
+    stage the folder and move it into place, so an earlier export there is replaced whole. With
+    several processes every process gathers the parameters and process 0 writes."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        params = multihost_utils.process_allgather(params, tiled=True)
+    else:
+        params = jax.device_get(params)
+    if jax.process_index() == 0:
+        model = flat.merge(params)
+        if fmt == "hf":
+            from jet_jax.convert.hf import to_hf
+            to_hf(model, path, tokenizer_from=tokenizer_from, overwrite=True)
+        else:
+            from jet_jax.checkpoint_io import save_orbax
+            save_orbax(model, path, tokenizer_from=tokenizer_from, overwrite=True)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("jet-jax export")  # the folder exists for every process

@@ -3,7 +3,8 @@
     jet-jax distill --config configs/distill_tiny.py --set train.steps=20 --set data.seq_len=128
 
 Every setting (file and `--set`) is checked before anything is loaded or written; the run
-writes only under the config's `train.output_dir`.
+writes only under the config's `train.output_dir`. A finished run writes the student there
+(`hf/` by default, see `train.export`) for `jet-jax generate` and `jet-jax eval`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     summary = run_distill(cfg)
     keep = {k: summary.get(k) for k in ("start_step", "end_step", "init_eval", "final_eval",
-                                         "tokens_per_s", "train_wall_s", "interrupted")}
+                                         "tokens_per_s", "train_wall_s", "interrupted", "exported")}
     print(json.dumps(keep, indent=2, default=str))
     return 0
