@@ -152,18 +152,15 @@ class MQARSource:
         return f"{type(self).__name__}({self.cfg}, seed={self.seed}, len={self._len})"
 
 
-def mqar_accuracy(logits_or_predictions, batch: Mapping[str, np.ndarray]) -> float:
-    """Fraction of answer tokens predicted correctly by argmax.
+def answer_hits(logits_or_predictions, batch: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(correct answer tokens per row [B], answer tokens per row [B]) by argmax.
 
     Args:
       logits_or_predictions: float [B, T, V] logits, or int [B, T] predicted ids,
         aligned with ``batch["targets"]`` (position t predicts targets[t]).
       batch: a packed batch with ``targets`` [B, T] and ``loss_mask`` [B, T];
-        for MQAR eval batches (see ``pipeline.make_mqar_eval_batches``) the
-        loss mask is 1 exactly where the target is an answer token.
-
-    Returns:
-      correct answers / answer count, as a Python float.
+        for MQAR (and copy-task) eval batches (see ``pipeline.make_mqar_eval_batches``)
+        the loss mask is 1 exactly where the target is an answer token.
     """
     pred = np.asarray(logits_or_predictions)
     targets = np.asarray(batch["targets"])
@@ -172,9 +169,16 @@ def mqar_accuracy(logits_or_predictions, batch: Mapping[str, np.ndarray]) -> flo
         pred = pred.argmax(-1)
     if pred.shape != targets.shape:
         raise ValueError(
-            f"mqar_accuracy: predictions shape {pred.shape} (after argmax) does not match "
+            f"answer accuracy: predictions shape {pred.shape} (after argmax) does not match "
             f"targets shape {targets.shape}")
-    n = int(mask.sum())
+    return ((pred == targets) & mask).sum(-1), mask.sum(-1)
+
+
+def mqar_accuracy(logits_or_predictions, batch: Mapping[str, np.ndarray]) -> float:
+    """Fraction of answer tokens predicted correctly by argmax (see `answer_hits`), as a
+    Python float."""
+    correct, total = answer_hits(logits_or_predictions, batch)
+    n = int(total.sum())
     if n == 0:
         raise ValueError("mqar_accuracy: batch has no answer positions (loss_mask is all zero)")
-    return float(((pred == targets) & mask).sum() / n)
+    return float(correct.sum() / n)

@@ -50,6 +50,7 @@ from flax import nnx
 
 from jet_jax.evaluation import MCExample, Request, Scorer
 from jet_jax.evaluation.multiple_choice import multiple_choice_metrics, multiple_choice_requests
+from jet_jax_train.data.mqar import answer_hits
 from jet_jax_train.progress import progress_bar
 from jet_jax_train.postnas.supernet import ATTN, LINEAR, SWA, SuperNetwork, layer_types_from_choice
 
@@ -196,10 +197,9 @@ class TaskSuite:
         for name, (dev, host) in self.accuracy_tasks.items():
             correct, total = [], []
             for b, bn in zip(dev, host):
-                pred = np.asarray(jnp.argmax(_logits(graphdef, state, c, b), -1))
-                mask = np.asarray(bn["loss_mask"]) > 0
-                correct.append(((pred == np.asarray(bn["targets"])) & mask).sum(-1))
-                total.append(mask.sum(-1))
+                hits, answers = answer_hits(jnp.argmax(_logits(graphdef, state, c, b), -1), bn)
+                correct.append(hits)
+                total.append(answers)
             out[name], se[name] = _ratio_and_se(np.concatenate(correct), np.concatenate(total))
             if math.isnan(out[name]):
                 out[name] = 0.0
