@@ -11,7 +11,11 @@
      revision the long-context issue measured), compiled in the same run; 1b. the same at
      2x and 4x the preset's depth (its layer pattern repeated), bf16; 1c. the floor: the
      smallest program holding one layer of each type the preset has (unrolled), which no
-     arrangement of the 2B preset's layers can compile faster than;
+     arrangement of the 2B preset's layers can compile faster than; 1d. where the 'after'
+     compile time goes: fusion and dot instructions of the optimized program (XLA:CPU
+     generates code for each fusion, identical ones shared, and for each matrix-vector dot,
+     as in a batch-1 decode), and the compile time with LLVM's optimizations off
+     (`xla_backend_optimization_level=0`), side by side;
   2. the compiled decode step's temporary memory as a fraction of its cache (all-attention
      model, 4 layers, batch 8, 8192 positions, float32; cache donated); 2b. the 2B preset's
      decode step: temporaries in bf16 and f32, and the bf16 step time (random weights);
@@ -117,6 +121,28 @@ print(json.dumps(out))
 """
 
 
+def compile_anatomy(cfg, dtype=jnp.bfloat16, repeats=2) -> dict:
+    """{program: (compile s, fusions, dots, compile s at LLVM -O0)} of the 'after' prefill chunk
+    (2048 tokens, cache 4096) and decode step (batch 1), best of `repeats`."""
+    model = build(cfg, "after", dtype, abstract=True)
+    graphdef, state = nnx.split(model)
+    cache = jax.eval_shape(lambda: model.init_cache(1, 4096, dtype))
+    programs = {"prefill": lambda: _prefill_lowered(model, 2048, 4096, dtype),
+                "decode": lambda: decode_step.lower(graphdef, state, _i32(1), _i32(1), cache)}
+    out = {}
+    for name, lower in programs.items():
+        best = {}
+        for opts in ({}, {"xla_backend_optimization_level": 0}):
+            for _ in range(repeats):
+                jax.clear_caches()
+                t0 = time.perf_counter()
+                compiled = lower().compile(opts)
+                best[len(opts)] = min(best.get(len(opts), float("inf")), time.perf_counter() - t0)
+        hlo = compiled.as_text()
+        out[name] = (best[0], hlo.count(" fusion("), hlo.count(" dot("), best[1])
+    return out
+
+
 def baseline_compile_times(rev: str, dtypes=("bfloat16",), repeats=3) -> dict:
     """compile_times of git revision `rev` (a temporary worktree, a child process with its
     own imports): {dtype name: [prefill s, decode s]}."""
@@ -218,7 +244,7 @@ def main(argv=None):
     p.add_argument("--peak-tokens", type=int, default=32768)
     p.add_argument("--skip-2b", action="store_true", help="skip the Jet-Nemotron-2B tables (1, 2b)")
     p.add_argument("--only", type=lambda s: set(s.split(",")), default=None,
-                   help="comma-separated tables to run, of 1 (with 1b, 1c), 2, 2b, 3, 4 (default: all)")
+                   help="comma-separated tables to run, of 1 (with 1b, 1c), 1d, 2, 2b, 3, 4 (default: all)")
     p.add_argument("--baseline", default="4265ea6",
                    help="git revision compiled as 'base' in table 1 ('' to skip)")
     p.add_argument("--before-max-context", type=int, default=None,
@@ -266,6 +292,14 @@ def main(argv=None):
         for name in dtypes:
             tp, td = compile_times(floor, dtype=jnp.dtype(name))["after"]
             print(f"{name:9} {tp:>12.2f} {td:>11.2f}", flush=True)
+
+    if not args.skip_2b and want("1d"):
+        from jet_jax_configs.presets import get_preset
+        print("\n1d. where the 'after' compile time goes (2B preset, bf16; best of 2): fusion and "
+              "dot instructions of the optimized program, compile time with LLVM optimizations off")
+        print(f"{'program':8} {'compile (s)':>12} {'fusions':>8} {'dots':>5} {'-O0 (s)':>8} {'-O0/default':>12}")
+        for name, (t, fusions, dots, t0) in compile_anatomy(get_preset("jet-nemotron-2b")).items():
+            print(f"{name:8} {t:>12.2f} {fusions:>8} {dots:>5} {t0:>8.2f} {t0 / t:>12.2f}", flush=True)
 
     dt = decode_temp_fraction() if want("2") else {}
     if dt:
