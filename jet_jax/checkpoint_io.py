@@ -175,9 +175,15 @@ def detect_format(path: str | os.PathLike) -> str:
         return "orbax"
     if is_hf_dir(path):
         return "hf"
+    p = Path(path)
+    # a distillation run folder or one of its training checkpoints: say where the model is
+    run = ((p / "_CHECKPOINT_METADATA").is_file() or (p / "checkpoints").is_dir()
+           or p.name == "checkpoints")
     raise FileNotFoundError(
         f"{path} is neither an HF model directory (config.json + *.safetensors) nor a jet-jax "
-        f"Orbax checkpoint ({META_FILE} + {PARAMS_DIR}/)")
+        f"Orbax checkpoint ({META_FILE} + {PARAMS_DIR}/)"
+        + ("; it looks like a training run: a finished `jet-jax distill` writes its student to "
+           "<output_dir>/hf (or <output_dir>/model, see train.export)" if run else ""))
 
 
 _SAFETENSORS_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64"}

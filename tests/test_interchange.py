@@ -97,7 +97,16 @@ def test_convert_refuses_to_overwrite(tmp_path, capsys):
     assert is_orbax_dir(dst) and not (dst / "keep.txt").exists()
     # Not a model directory at all.
     assert main(["convert", "--from", str(tmp_path / "nothing"), "--to", str(tmp_path / "x")]) == 1
-    assert "neither an HF model directory" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "neither an HF model directory" in err and "training run" not in err
+    # A training checkpoint step: the error says where a finished run leaves its model.
+    step = tmp_path / "run" / "checkpoints" / "4"
+    step.mkdir(parents=True)
+    (step / "_CHECKPOINT_METADATA").write_text("{}")
+    for src in (step, step.parent, step.parent.parent):
+        assert main(["convert", "--from", str(src), "--to", str(tmp_path / "x")]) == 1
+        assert "a finished `jet-jax distill` writes its student to <output_dir>/hf" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 def test_orbax_dtype_override_and_hf_dtype(tmp_path):
