@@ -66,24 +66,28 @@ def _prefill_lowered(model, chunk, max_len, dtype):
                                 jax.ShapeDtypeStruct((1,), bool))
 
 
+def _lowerings(model, chunk=2048, context=4096, dtype=jnp.bfloat16) -> dict:
+    """{"prefill": lowers the `chunk`-token prefill step (cache for `context`), "decode": lowers
+    the batch-1 decode step}, as thunks: each call lowers again (abstract shapes)."""
+    graphdef, state = nnx.split(model)
+    cache = jax.eval_shape(lambda: model.init_cache(1, context, dtype))
+    return {"prefill": lambda: _prefill_lowered(model, chunk, context, dtype),
+            "decode": lambda: decode_step.lower(graphdef, state, _i32(1), _i32(1), cache)}
+
+
 def compile_times(cfg, chunk=2048, context=4096, dtype=jnp.bfloat16, repeats=3):
-    """Best of `repeats` (modes alternating, jax caches cleared before each compile, so a
-    neighbour's load spike or a cache hit does not decide the ratio)."""
+    """{mode: [prefill s, decode s]} of lower + compile, best of `repeats` (modes alternating,
+    jax caches cleared before each compile, so a neighbour's load spike or a cache hit does
+    not decide the ratio)."""
     out = {mode: [float("inf"), float("inf")] for mode in MODES}
     for _ in range(repeats):
         for mode in MODES:
-            model = build(cfg, mode, dtype, abstract=True)
-            graphdef, state = nnx.split(model)
-            cache = jax.eval_shape(lambda: model.init_cache(1, context, dtype))
-            jax.clear_caches()
-            t0 = time.perf_counter()
-            _prefill_lowered(model, chunk, context, dtype).compile()
-            t1 = time.perf_counter()
-            jax.clear_caches()
-            t2 = time.perf_counter()
-            decode_step.lower(graphdef, state, _i32(1), _i32(1), cache).compile()
-            t3 = time.perf_counter()
-            out[mode] = [min(out[mode][0], t1 - t0), min(out[mode][1], t3 - t2)]
+            programs = _lowerings(build(cfg, mode, dtype, abstract=True), chunk, context, dtype)
+            for k, lower in enumerate(programs.values()):
+                jax.clear_caches()
+                t0 = time.perf_counter()
+                lower().compile()
+                out[mode][k] = min(out[mode][k], time.perf_counter() - t0)
     return out
 
 
@@ -124,13 +128,8 @@ print(json.dumps(out))
 def compile_anatomy(cfg, dtype=jnp.bfloat16, repeats=2) -> dict:
     """{program: (compile s, fusions, dots, compile s at LLVM -O0)} of the 'after' prefill chunk
     (2048 tokens, cache 4096) and decode step (batch 1), best of `repeats`."""
-    model = build(cfg, "after", dtype, abstract=True)
-    graphdef, state = nnx.split(model)
-    cache = jax.eval_shape(lambda: model.init_cache(1, 4096, dtype))
-    programs = {"prefill": lambda: _prefill_lowered(model, 2048, 4096, dtype),
-                "decode": lambda: decode_step.lower(graphdef, state, _i32(1), _i32(1), cache)}
     out = {}
-    for name, lower in programs.items():
+    for name, lower in _lowerings(build(cfg, "after", dtype, abstract=True), dtype=dtype).items():
         best = {}
         for opts in ({}, {"xla_backend_optimization_level": 0}):
             for _ in range(repeats):

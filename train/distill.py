@@ -244,8 +244,8 @@ def export_student(flat: FlatModel, params, path: str, fmt: str, *,
     (`save_orbax`), in its parameter dtype, with the teacher's tokenizer files. Both writers
     stage the folder and move it into place, so an earlier export there is replaced whole. With
     several processes every process gathers the parameters and process 0 writes."""
+    from jax.experimental import multihost_utils
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
         params = multihost_utils.process_allgather(params, tiled=True)
     else:
         params = jax.device_get(params)
@@ -258,5 +258,4 @@ def export_student(flat: FlatModel, params, path: str, fmt: str, *,
             from jet_jax.checkpoint_io import save_orbax
             save_orbax(model, path, tokenizer_from=tokenizer_from, overwrite=True)
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices("jet-jax export")  # the folder exists for every process
