@@ -4,9 +4,14 @@
 2. forward only, same shape: transformers' torch_chunk_gated_delta_rule vs our chunked.
 3. peak memory of chunked fwd+bwd at T=32768 H=12 Dk=96 Dv=256 (Jet-Nemotron-2B heads):
    XLA's compiled memory_analysis and the peak RSS of a subprocess that runs it.
+4. the decode step, reference ("recurrent") vs "fused" (the state read once for S^T k and
+   S^T q), side by side at Jet-Nemotron-2B heads for several batch sizes: the op alone
+   (state donated) and inside a stacked layer scan (state rows updated in place, as the
+   stacked decode runs). Medians of alternating runs.
 
 Times are the best of `--reps` runs after a warm-up (compilation excluded).
 Usage: python benchmarks/gdr_cpu.py [--reps 3] [--skip-memory] [--skip-speed] [--run-memory]
+       [--skip-step]
 """
 from __future__ import annotations
 
@@ -81,6 +86,81 @@ def bench_speed(reps):
     return rows
 
 
+def _median_alternating(fns: dict, rounds: int) -> dict:
+    """{name: median seconds} of the zero-argument callables, one call of each per round
+    (after one untimed call each), so a load change hits every entry alike."""
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: float(np.median(ts)) for name, ts in times.items()}
+
+
+def bench_step(batches=(1, 8, 64, 256), rounds=31, layers=4):
+    """The decode step at Jet-Nemotron-2B heads (H=12, Dk=96, Dv=256), f32 state, reference
+    ("recurrent") vs "fused": alone (state donated) and inside a stacked layer scan (a
+    `lax.scan` over `layers` rows of a donated [layers, B, H, Dk, Dv] state, each row sliced,
+    stepped and written back in place, as `stack_layers` decodes; seconds per layer).
+    Returns [(batch, state MiB per layer, {(where, impl): seconds})]."""
+    import jax
+    import jax.numpy as jnp
+
+    from jet_jax.ops import gated_delta_rule_step
+
+    H, Dk, Dv = 12, 96, 256
+
+    def alone(impl):
+        return jax.jit(lambda s, *a: gated_delta_rule_step(*a, s, implementation=impl)[::-1],
+                       donate_argnums=0)
+
+    def stacked(impl):
+        def run(stack, *a):
+            def body(stack, i):
+                row = jax.lax.dynamic_index_in_dim(stack, i, 0, keepdims=False)
+                o, row = gated_delta_rule_step(*a, row, implementation=impl)
+                return jax.lax.dynamic_update_index_in_dim(stack, row, i, 0), o
+            return jax.lax.scan(body, stack, jnp.arange(layers))
+        return jax.jit(run, donate_argnums=0)
+
+    rows = []
+    for B in batches:
+        rng = np.random.default_rng(B)
+        f = lambda *shape: jnp.asarray(rng.normal(size=shape).astype(np.float32))
+        x = (f(B, H, Dk), f(B, H, Dk), f(B, H, Dv), -jnp.abs(f(B, H)) * 0.1, jax.nn.sigmoid(f(B, H)))
+        fns, states = {}, {}
+        for where, make, shape in (("alone", alone, (B, H, Dk, Dv)), ("stacked", stacked, (layers, B, H, Dk, Dv))):
+            for impl in ("recurrent", "fused"):
+                key = (where, impl)
+                states[key] = f(*shape) * 0.1
+
+                def call(key=key, fn=make(impl)):
+                    states[key], _ = fn(states[key], *x)
+                    jax.block_until_ready(states[key])
+                fns[key] = call
+        t = _median_alternating(fns, rounds)
+        t = {k: v / (layers if k[0] == "stacked" else 1) for k, v in t.items()}
+        rows.append((B, B * H * Dk * Dv * 4 / 2**20, t))
+    return rows
+
+
+def print_step_table(rows, out=print):
+    out("decode step, H=12 Dk=96 Dv=256, f32 state donated; ms per layer, median of alternating runs")
+    out(f"{'batch':>6} {'state MiB':>10} {'alone: recurrent':>17} {'fused':>8} {'ratio':>6} "
+        f"{'stacked scan: recurrent':>24} {'fused':>8} {'ratio':>6}")
+    for B, mib, t in rows:
+        cells = []
+        for where in ("alone", "stacked"):
+            r, fz = t[where, "recurrent"], t[where, "fused"]
+            cells.append((1e3 * r, 1e3 * fz, r / fz))
+        (a1, a2, a3), (b1, b2, b3) = cells
+        out(f"{B:>6} {mib:>10.1f} {a1:>17.3f} {a2:>8.3f} {a3:>6.2f} {b1:>24.3f} {b2:>8.3f} {b3:>6.2f}")
+    out("ratio = recurrent / fused (above 1: fused is faster)")
+
+
 _MEM_CHILD = r"""
 import json, resource, sys, time
 import jax, jax.numpy as jnp
@@ -122,8 +202,12 @@ def main():
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--run-memory", action="store_true", help="also run T=32768 and report the peak RSS (slow)")
+    ap.add_argument("--skip-step", action="store_true", help="skip the decode-step table")
     args = ap.parse_args()
     GiB = 2**30
+    if not args.skip_step:
+        print_step_table(bench_step())
+        print()
     if not args.skip_speed:
         print(f"{'case':<45} {'implementation':<44} {'seconds':>9}  note")
         for case, impl, sec, note in bench_speed(args.reps):

@@ -32,6 +32,11 @@ and prints them as it goes. A failing row prints why; the rest still run.
       18.6 s unrolled on an H200) and, stacked, of a 2048-token prefill chunk (63.7 s
       unrolled), and the decode step time at batch 64 (does slicing each layer's weights out
       of a stack cost time here?). Runs before (c) and leaves it its time.
+  (f) the gated-delta-rule decode step, reference vs "fused" (the state read once for its
+      two products), alone and inside a stacked layer scan (state rows updated in place, as
+      the stacked decode runs), f32 state at the 2B heads, batch 64 to 1024
+      (benchmarks/gdr_cpu.py table 4). On the 2-core CPU "fused" is faster alone and slower
+      in the stacked scan, so "auto" runs the reference step; this measures the GPU.
 
 The exact device call for the next session (FLA is not on the GPU image; it travels as
 the pure-Python fla-core wheel, see /work/.library/device/README.md). Once, here, in the
@@ -304,6 +309,26 @@ def layer_scan(rep, cpu, keep_s=215):
     rep.table(["code", "decode compile (s)", "decode step (ms, median of 10)", "prefill chunk compile (s)"], rows)
 
 
+def decode_step_forms(rep, cpu, keep_s=300):
+    """(f) The GDR decode step, reference vs "fused", alone and in a stacked layer scan.
+    Starts only while more than `keep_s` seconds are left (parts (e) and (c) follow)."""
+    from benchmarks.gdr_cpu import bench_step, print_step_table
+    rep("## (f) gated delta rule decode step: reference vs fused, alone and in a stacked layer scan")
+    rep()
+    if not cpu and rep.left() < keep_s:
+        rep(f"skipped: time budget ({rep.left():.0f} s left)")
+        rep()
+        return
+    rows = bench_step(batches=(1, 2) if cpu else (64, 256, 1024), rounds=2 if cpu else 11)
+    rep("```")
+    print_step_table(rows, out=rep)
+    rep("```")
+    rep()
+    rep("Where the stacked-scan ratio is above 1 at the batch sizes `jet-jax bench` runs, "
+        "'auto' may run 'fused' on this backend (gated_delta_rule_step in jet_jax/ops/gated_delta_rule.py).")
+    rep()
+
+
 ATTN_TOL = {"float32": 2e-3, "bfloat16": 3e-2}  # max|err| / max|ref|, output and gradients
 
 
@@ -375,7 +400,7 @@ def main(argv=None):
     p.add_argument("--out", default=default_out)
     p.add_argument("--cpu", action="store_true", help="tiny shapes, interpret mode: a smoke run of the script")
     p.add_argument("--iters", type=int, default=10)
-    p.add_argument("--skip", default="", help="comma-separated parts to skip: a,b,c,d,e")
+    p.add_argument("--skip", default="", help="comma-separated parts to skip: a,b,c,d,e,f")
     p.add_argument("--throughput-args", default="--student jet-nemotron-2b --teacher qwen2.5-1.5b "
                    "--contexts 4096,16384,65536 --budget-gib 60")
     p.add_argument("--throughput-timeout", type=int, default=200)
@@ -390,7 +415,8 @@ def main(argv=None):
         f"commit {_commit()}, {datetime.date.today().isoformat()}")
     rep()
     parts = [("a", lambda: correctness(rep, args.cpu)), ("b", lambda: kernel_table(rep, args.cpu, args.iters)),
-             ("d", lambda: attention(rep, args.cpu)), ("e", lambda: layer_scan(rep, args.cpu)),
+             ("d", lambda: attention(rep, args.cpu)), ("f", lambda: decode_step_forms(rep, args.cpu)),
+             ("e", lambda: layer_scan(rep, args.cpu)),
              ("c", lambda: throughput(rep, args.cpu, args.throughput_args, args.throughput_timeout))]
     worst = None
     for key, fn in parts:

@@ -266,6 +266,38 @@ def test_step_matches_full_op():
     assert s.dtype == jnp.float32
 
 
+@pytest.mark.parametrize("g_range", [(-1.0, 0.0), (-8.0, -3.0)])
+def test_fused_step_matches_fla_naive_and_reference_step(g_range):
+    """Decoding token by token with the fused step (the state read once per step) gives FLA's
+    naive recurrence, and each step equals the reference step, over 40 steps (rounding could
+    drift across steps), Dk != Dv, with mild and strong decay."""
+    q, k, v, g, beta, h0 = make_inputs(3, 40, 2, 24, 40, seed=17, g_lo=g_range[0], g_hi=g_range[1])
+    s_fused = s_ref = jnp.asarray(h0)
+    outs = []
+    for i in range(q.shape[1]):
+        x = (q[:, i], k[:, i], v[:, i], g[:, i], beta[:, i])
+        o_f, s_fused = gated_delta_rule_step(*x, s_fused, implementation="fused")
+        o_r, s_ref = gated_delta_rule_step(*x, s_ref, implementation="recurrent")
+        assert rel_err(o_f, o_r) < 1e-5 and rel_err(s_fused, s_ref) < 1e-5, i
+        outs.append(o_f)
+    o_fla, s_fla = fla_naive(torch_l2norm(t(q)), torch_l2norm(t(k)), t(v), t(beta), t(g),
+                             initial_state=t(h0), output_final_state=True)
+    assert rel_err(jnp.stack(outs, 1), o_fla.numpy()) < 1e-4
+    assert rel_err(s_fused, s_fla.numpy()) < 1e-4
+
+
+def test_fused_step_bf16_inputs():
+    """bf16 q/k/v (as a bf16 model decodes): the fused step's output and f32 state against the
+    reference step on the same inputs."""
+    q, k, v, g, beta, h0 = make_inputs(2, 1, 3, 32, 16, seed=18)
+    x = [jnp.asarray(a[:, 0], jnp.bfloat16) for a in (q, k, v)] + [g[:, 0], beta[:, 0]]
+    o_f, s_f = gated_delta_rule_step(*x, h0, implementation="fused")
+    o_r, s_r = gated_delta_rule_step(*x, h0, implementation="recurrent")
+    assert o_f.dtype == jnp.bfloat16 and s_f.dtype == jnp.float32
+    assert rel_err(o_f.astype(jnp.float32), o_r.astype(jnp.float32)) < 1e-2
+    assert rel_err(s_f, s_r) < 1e-5
+
+
 # --------------------------------------------------------------------------- errors
 
 
@@ -291,6 +323,8 @@ def test_errors():
         gated_delta_rule(q.astype(np.int32), k, v, g, beta)
     with pytest.raises(ValueError, match=r"unknown implementation 'fast'"):
         gated_delta_rule(q, k, v, g, beta, implementation="fast")
+    with pytest.raises(ValueError, match=r"gated_delta_rule_step: unknown implementation 'chunked'"):
+        gated_delta_rule_step(q[:, 0], k[:, 0], v[:, 0], g[:, 0], beta[:, 0], h0, implementation="chunked")
     with pytest.raises(ValueError, match=r"q_t must be \[B, H, Dk\]"):
         gated_delta_rule_step(q, k[:, 0], v[:, 0], g[:, 0], beta[:, 0], h0)
     with pytest.raises(ValueError, match=r"initial_state must be \[B, H, Dk, Dv\]"):

@@ -31,11 +31,8 @@ Implementations:
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jet_jax.ops.shard_map_kernel import call_per_shard
 

@@ -12,6 +12,10 @@ step with `gated_delta_rule_step`); "chunked" is the chunkwise-parallel WY/UT fo
 (chunk 64) tested against it and against outside oracles; "pallas" defers to
 `pallas_kernels.gdr`; "auto" runs pallas only on a backend where `pallas_kernels.verified`
 records the kernel as verified on a device (none yet), else chunked.
+
+The decode step (`gated_delta_rule_step`) has two forms: "recurrent", the reference step
+and what "auto" runs, and "fused", which reads the state once for both of its products
+(`_step_fused`; faster alone, slower inside the stacked layer scan on CPU: see there).
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ CHUNK_SIZE = 64
 CHUNKS_PER_GROUP = 8  # backward recomputation granularity of the chunked form
 _L2_EPS = 1e-6  # same eps as FLA's l2norm
 _IMPLEMENTATIONS = ("auto", "recurrent", "chunked", "pallas")
+_STEP_IMPLEMENTATIONS = ("auto", "recurrent", "fused")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -108,6 +113,36 @@ def _step_core(S, q_t, k_t, v_t, g_t, beta_t, reset_t):
     S = S + k_t[..., :, None] * u[..., None, :]
     o = jnp.einsum("bhkv,bhk->bhv", S, q_t)
     return o, S
+
+
+def _step_fused(S, q_t, k_t, v_t, g_t, beta_t):
+    """`_step_core` (no reset) reading S once for both of its products. Shapes as there.
+
+    With decay = exp(g_t) and the update S' = decay S + k u^T:
+      S^T k and S^T q come from ONE batched product of S with [k, q];
+      u  = beta (v - decay S^T k);
+      o  = S'^T q = decay S^T q + (k . q) u   (no product with S');
+    then one elementwise pass writes S'. The reference reads S three times and writes two
+    [B, H, Dk, Dv] intermediates; this form reads it twice and writes S' once. The same sums
+    in another order: rounding differs from the reference at float32 epsilon.
+
+    Not what "auto" runs (benchmarks/gdr_cpu.py, table 4, 2-core CPU): alone it is 2.4-2.9x
+    faster than the reference step from batch 64 on, but inside a stacked layer scan (the state a row of
+    the carried cache, updated in place, as `stack_layers` decodes) XLA:CPU slices the old
+    row out twice before its in-place write, and it is slower. In a stacked model's decode
+    step on CPU it also made XLA copy the stacked conv windows twice per layer: XLA
+    recomputed the cheap convolution inside the state's in-place write, which then read
+    the old windows unordered with their own write. Writing the state row first, with each
+    window row carrying 0 * one element per batch row of the updated state stack, removed
+    the copies (tried, not in jet_jax.model while "auto" does not run this form). GPU:
+    unmeasured (benchmarks/gpu_suite.py, part (f)).
+    """
+    decay = jnp.exp(g_t)[..., None]  # [B, H, 1]
+    kq = jnp.stack([k_t, q_t], axis=-1)  # [B, H, Dk, 2]
+    sk, sq = jnp.moveaxis(jnp.einsum("bhkv,bhkn->bhnv", S, kq), 2, 0)  # each [B, H, Dv]
+    u = beta_t[..., None] * (v_t - decay * sk)
+    o = decay * sq + jnp.sum(k_t * q_t, axis=-1, keepdims=True) * u
+    return o, S * decay[..., None] + k_t[..., :, None] * u[..., None, :]
 
 
 @functools.partial(jax.jit, static_argnames=("scale", "use_qk_l2norm"))
@@ -322,14 +357,20 @@ def gated_delta_rule(
     return o.astype(v.dtype), (S if output_final_state else None)
 
 
-def gated_delta_rule_step(q_t, k_t, v_t, g_t, beta_t, state, *, scale=None, use_qk_l2norm=True):
-    """One decoding step (the recurrence of the reference implementation).
+def gated_delta_rule_step(q_t, k_t, v_t, g_t, beta_t, state, *, scale=None, use_qk_l2norm=True,
+                          implementation="auto"):
+    """One decoding step of the recurrence.
 
     Args:
       q_t, k_t: [B, H, Dk]; v_t: [B, H, Dv]; g_t, beta_t: [B, H]; state: [B, H, Dk, Dv].
+      implementation: "recurrent" (the reference's step) | "fused" (the state read once for
+        S^T k and S^T q, see `_step_fused`) | "auto" (= "recurrent" on every backend today).
     Returns:
       o_t: [B, H, Dv] in v_t's dtype, new_state: [B, H, Dk, Dv] float32.
     """
+    if implementation not in _STEP_IMPLEMENTATIONS:
+        raise ValueError(f"gated_delta_rule_step: unknown implementation {implementation!r}; "
+                         f"expected one of {_STEP_IMPLEMENTATIONS}")
     if getattr(q_t, "ndim", None) != 3:
         raise ValueError(f"gated_delta_rule_step: q_t must be [B, H, Dk], got shape {getattr(q_t, 'shape', None)}")
     if state is None:
@@ -339,8 +380,7 @@ def gated_delta_rule_step(q_t, k_t, v_t, g_t, beta_t, state, *, scale=None, use_
     B, _, H, Dk, Dv = _validate(*map(add_t, (q_t, k_t, v_t, g_t, beta_t)), state, None)
     scale = float(Dk**-0.5 if scale is None else scale)
     q, k = _prep_qk(q_t, k_t, scale, use_qk_l2norm)
-    o, S = _step_core(
-        state.astype(jnp.float32), q, k, v_t.astype(jnp.float32), g_t.astype(jnp.float32),
-        beta_t.astype(jnp.float32), None,
-    )
+    args = (state.astype(jnp.float32), q, k, v_t.astype(jnp.float32), g_t.astype(jnp.float32),
+            beta_t.astype(jnp.float32))
+    o, S = _step_fused(*args) if implementation == "fused" else _step_core(*args, None)
     return o.astype(v_t.dtype), S
