@@ -157,3 +157,34 @@ def test_bench_rejects_bad_arguments_at_parse_time(capsys):
         main(["bench", "--contexts", "abc"])
     assert e.value.code == 2
     assert "--contexts" in capsys.readouterr().err
+
+
+def test_bench_kernel_choices_are_the_ops_and_reach_both_models(capsys, monkeypatch):
+    """`jet-jax bench --attention/gdr/conv-implementation` offer the ops' kernels (attention
+    without the self-attention-only cudnn / splash) and build the student and the teacher
+    with them; a bad name is refused at parse time."""
+    from jet_jax.commands import bench
+    from jet_jax.ops.attention import IMPLEMENTATIONS as ATTENTION
+    from jet_jax.ops.dynamic_conv import IMPLEMENTATIONS as CONV
+    from jet_jax.ops.gated_delta_rule import IMPLEMENTATIONS as GDR
+    import jet_jax.layers.attention as attention_layer
+    import jet_jax.layers.jet_block as jet_block
+
+    assert bench.ATTENTION_CHOICES == tuple(i for i in ATTENTION if i not in ("cudnn", "splash"))
+    assert bench.GDR_CHOICES == GDR and bench.CONV_CHOICES == CONV
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--gdr-implementation", "triton"])
+    assert e.value.code == 2 and "--gdr-implementation" in capsys.readouterr().err
+
+    seen = []
+    for module, name in ((attention_layer, "dot_product_attention"), (jet_block, "gated_delta_rule")):
+        fn = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _fn=fn, implementation="auto", **kw: (
+            seen.append(implementation), _fn(*a, implementation=implementation, **kw))[1])
+    assert main(["bench", "--contexts", "64", "--decode-steps", "1", "--repeats", "1",
+                 "--max-batch", "1", "--no-jet-only", "--plot", "", "--json", "",
+                 "--attention-implementation", "chunked", "--gdr-implementation", "recurrent"]) == 0
+    out = capsys.readouterr().out
+    assert "kernels: attention chunked, gated delta rule recurrent" in out
+    assert "teacher" in out and "student / teacher" in out
+    assert set(seen) == {"chunked", "recurrent"} and seen.count("chunked") >= 8 + 2

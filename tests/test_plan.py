@@ -124,6 +124,40 @@ def test_cli_prints_table_and_rejects_bad_input(capsys, tmp_path):
     assert "comma-separated" in capsys.readouterr().err
 
 
+def test_blocked_attention_is_linear_in_tokens_and_counts_visible_keys(capsys):
+    """With a blocked attention kernel the plan's attention layer is linear in T (dense:
+    quadratic) and its FLOPs count the keys a query sees (causal, or within the window)."""
+    from jet_jax.cli import main
+    from jet_jax_train.plan import mixer_flops_per_token
+
+    cfg = TINY_JET
+    for att in ("chunked", "cudnn", "splash"):
+        a = [layer_activation_bytes(cfg, "attn", 1, t, 2, attention=att) for t in (1024, 2048)]
+        assert a[1] == 2 * a[0]
+    assert layer_activation_bytes(cfg, "attn", 1, 2048, 2) > 3 * layer_activation_bytes(cfg, "attn", 1, 1024, 2)
+    t, w, hq, hd = 4096, 256, cfg.num_attention_heads, cfg.head_dim
+    dense = mixer_flops_per_token(cfg, "attn", t)
+    assert dense == 4 * t * hq * hd == mixer_flops_per_token(cfg, "swa", t)
+    assert mixer_flops_per_token(cfg, "attn", t, "chunked") == pytest.approx(dense * (t + 1) / (2 * t))
+    assert mixer_flops_per_token(cfg.replace(window_size=w), "swa", t, "splash") == pytest.approx(
+        4 * hq * hd * (w * (w + 1) / 2 + (t - w) * w) / t)
+    # only "chunked" adds its backward transient; the plan says which attention it assumed
+    p = {a: plan_memory(cfg, "1,1,1", seq_len=1024, teacher="none", attention_implementation=a)
+         for a in ("xla", "chunked", "cudnn")}
+    assert p["chunked"]["bytes"]["attention bwd (transient)"] > 0
+    assert p["cudnn"]["bytes"]["attention bwd (transient)"] == p["xla"]["bytes"]["attention bwd (transient)"] == 0
+    assert p["cudnn"]["bytes"]["total"] < p["chunked"]["bytes"]["total"] < p["xla"]["bytes"]["total"]
+    assert p["cudnn"]["attention"] == "cudnn"
+    with pytest.raises(ValueError, match="'auto'"):
+        plan_memory(cfg, "1,1,1", attention_implementation="auto")
+    assert main(["plan", "--model", "tiny-jet", "--mesh", "1,1,1", "--attention-implementation",
+                 "splash", "--json"]) == 0
+    assert '"attention": "splash"' in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["plan", "--model", "tiny-jet", "--mesh", "1,1,1", "--attention-implementation", "flash"])
+    assert "--attention-implementation" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- distributed
 def test_mesh_from_config_validates_device_count():
     n = jax.device_count()

@@ -27,6 +27,9 @@ import typing
 from typing import Any, Sequence
 
 from jet_jax.config import JetBlockConfig
+from jet_jax.ops.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
+from jet_jax.ops.dynamic_conv import IMPLEMENTATIONS as CONV_IMPLEMENTATIONS
+from jet_jax.ops.gated_delta_rule import IMPLEMENTATIONS as GDR_IMPLEMENTATIONS
 from jet_jax_train.data.pipeline import DataConfig
 
 
@@ -46,6 +49,16 @@ class ModelSection:
     window_size: sliding window of `swa` layers; None = keep the teacher config's value.
     dtype: compute dtype ("float32" or "bfloat16"); parameters stay float32.
     remat: rematerialise each decoder layer in the backward pass.
+    scan_layers: run each run of consecutive same-type layers as one `lax.scan` (student and
+        teacher), so the step's compile time stops growing with depth; parameters and
+        checkpoints are the same either way.
+    attention_implementation / gdr_implementation / conv_implementation: the kernels the
+        student and teacher run (jet_jax.ops.attention, .gated_delta_rule, .dynamic_conv);
+        "auto" picks only what has run on the backend. E.g. "splash" on a TPU or "chunked"
+        for attention memory linear in the sequence, "pallas" for the GDR kernel. Not "cudnn":
+        it cannot mask the packed documents of a training row.
+    These four choose how the step computes, not what: they may change between a run and
+    its resume (they are not part of the checkpoint's config fingerprint).
     """
 
     teacher: str = "preset:tiny-qwen2"
@@ -57,10 +70,34 @@ class ModelSection:
     dtype: str = "float32"
     remat: bool = False
     init_seed: int = 0
+    scan_layers: bool = False
+    attention_implementation: str = "auto"
+    gdr_implementation: str = "auto"
+    conv_implementation: str = "auto"
 
     def __post_init__(self):
         if self.dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"model.dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+        for key, choices in (("attention_implementation", ATTENTION_IMPLEMENTATIONS),
+                             ("gdr_implementation", GDR_IMPLEMENTATIONS),
+                             ("conv_implementation", CONV_IMPLEMENTATIONS)):
+            if getattr(self, key) not in choices:
+                raise ConfigError(f"model.{key}: unknown implementation {getattr(self, key)!r}; "
+                                  f"choose one of {', '.join(choices)}")
+        if self.attention_implementation == "cudnn":
+            raise ConfigError("model.attention_implementation: 'cudnn' takes no segment ids and "
+                              "training rows pack documents; use 'chunked' (any backend) or "
+                              "'splash' (TPU)")
+
+    def model_options(self) -> dict:
+        """The constructor arguments of `JetNemotronForCausalLM` these settings choose."""
+        return {k: getattr(self, k) for k in EXECUTION_KEYS}
+
+
+# ModelSection fields that choose how the step computes, not what (left out of the
+# checkpoint fingerprint, so a run may resume with another kernel).
+EXECUTION_KEYS = ("scan_layers", "attention_implementation", "gdr_implementation",
+                  "conv_implementation")
 
 
 @dataclasses.dataclass(frozen=True)

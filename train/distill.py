@@ -30,7 +30,7 @@ from flax import nnx
 from jet_jax.config import ModelConfig, hybrid_layer_types
 from jet_jax.model import JetNemotronForCausalLM
 from jet_jax_train.checkpointing import TrainCheckpointer
-from jet_jax_train.config import EXPORT_DIRS, ConfigError, TrainConfig, to_dict
+from jet_jax_train.config import EXECUTION_KEYS, EXPORT_DIRS, ConfigError, TrainConfig, to_dict
 from jet_jax_train.data.mqar import mqar_accuracy
 from jet_jax_train.data.pipeline import make_eval_batches, make_mqar_eval_batches, make_train_iterator
 from jet_jax_train.distributed import initialize_distributed, mesh_from_config
@@ -46,16 +46,18 @@ log = logging.getLogger(__name__)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def load_teacher(spec: str, *, dtype=jnp.float32, seed: int = 0) -> JetNemotronForCausalLM:
-    """`preset:<name>` (random init) or an HF directory."""
+def load_teacher(spec: str, *, dtype=jnp.float32, seed: int = 0,
+                 **model_options) -> JetNemotronForCausalLM:
+    """`preset:<name>` (random init) or an HF directory. `model_options`: constructor
+    arguments such as `scan_layers` and the `*_implementation`s (ModelSection.model_options)."""
     if spec.startswith("preset:"):
         from jet_jax.presets import get_preset
         return JetNemotronForCausalLM(get_preset(spec.split(":", 1)[1]), rngs=nnx.Rngs(seed),
-                                      dtype=dtype)
+                                      dtype=dtype, **model_options)
     if not os.path.isdir(spec):
         raise FileNotFoundError(f"teacher {spec!r} is neither 'preset:<name>' nor an HF directory")
     from jet_jax.convert.hf import from_hf
-    return from_hf(spec, dtype=dtype)
+    return from_hf(spec, dtype=dtype, **model_options)
 
 
 def check_teacher(spec: str) -> None:
@@ -84,6 +86,7 @@ def student_layer_types(cfg: TrainConfig, num_layers: int) -> tuple[str, ...]:
 def fingerprint(cfg: TrainConfig) -> dict:
     """What must match for a checkpoint to be resumed (eval/logging/mesh may change)."""
     d = to_dict(cfg)
+    d["model"] = {k: v for k, v in d["model"].items() if k not in EXECUTION_KEYS}
     return {k: d[k] for k in ("model", "data", "optimizer", "loss")} | {
         "train": {"steps": cfg.train.steps, "seed": cfg.train.seed}}
 
@@ -119,12 +122,13 @@ def run_distill(cfg: TrainConfig, *, teacher_model: JetNemotronForCausalLM | Non
     mesh = mesh_from_config(shape, devices=devices)
     dtype = DTYPES[cfg.model.dtype]
 
+    options = cfg.model.model_options()
     teacher = teacher_model if teacher_model is not None else load_teacher(
-        cfg.model.teacher, dtype=dtype, seed=cfg.model.init_seed + 1)
+        cfg.model.teacher, dtype=dtype, seed=cfg.model.init_seed + 1, **options)
     layer_types = student_layer_types(cfg, teacher.config.num_hidden_layers)
     student = student_from_teacher(teacher, layer_types, jet=cfg.model.jet,
                                    window_size=cfg.model.window_size, seed=cfg.model.init_seed,
-                                   dtype=dtype, remat=cfg.model.remat)
+                                   dtype=dtype, remat=cfg.model.remat, **options)
     s_flat, t_flat = FlatModel(student), FlatModel(teacher)
     ds = DistillStep(s_flat, t_flat, cfg.optimizer, cfg.loss, mesh, total_steps=cfg.train.steps)
     teacher_params = ds.put_teacher(t_flat.params(teacher))

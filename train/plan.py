@@ -23,8 +23,11 @@ Rows (bytes per device):
                 every layer:  (4*D + 4*F/tp) * a * N         residual, 2 norms, SwiGLU gate/up/act/product
                 attn / swa:   (2*Hq*hd + 3*KV*hd + Hq*hd)/tp * a * N       q,k,v, roped q,k, context
                               + B*T*T*(Hq/tp*(4 + a) + 1)                  softmax probs f32 + cast + mask
-                              (this implementation materialises the [B,H,T,T] scores and masks the
-                               window, so an `swa` layer costs the same as `attn`)
+                              (--attention-implementation xla, what `auto` runs on GPU and TPU
+                               today: the [B,H,T,T] scores, the window masked, so an `swa` layer
+                               costs the same as `attn`); with a blocked kernel (chunked, cudnn,
+                               splash) instead B*T*Hq/tp*4: one f32 softmax statistic per
+                               query, the scores recomputed per block in the backward pass
                 jet:          ((6*K + 6*V + V*W)/tp + 2*V/r) * a * N       q,k (pre/post silu, l2-normed),
                               v0, conv out (pre/post silu), gate, o, norm out, dynamic-conv kernels,
                               generator hidden
@@ -37,6 +40,8 @@ Rows (bytes per device):
               With --logits-chunk c > 0 (the step's `loss.logits_chunk`: KL/CE over c positions
               at a time from the final hidden states) N is batch_per_device * min(c, seq_len).
 * teacher fwd transient: the teacher's largest layer (forward only, nothing kept).
+* attention bwd transient ("chunked" only): the backward pass recomputes one query block's
+              f32 scores and probabilities against all keys: 2*4*B*Hq/tp*min(512, T)*T.
 * gathered weights (FSDP, only when a weight is sharded over data/fsdp): a matmul needs its
               weight whole except for the `tensor` split, so the step all-gathers it. Kept at
               once: the student's and the teacher's output head [D, V/tp] (gathered once per
@@ -63,6 +68,7 @@ from typing import Any, Sequence
 import jax.numpy as jnp
 
 from jet_jax.config import ModelConfig
+from jet_jax.ops.attention import IMPLEMENTATIONS, Q_BLOCK
 from jet_jax.sharding import MESH_AXES, fitted_spec
 
 DTYPES = {"f32": jnp.float32, "float32": jnp.float32, "bf16": jnp.bfloat16,
@@ -187,16 +193,31 @@ def is_frozen(name: str, patterns: Sequence[str] = FROZEN_PATTERNS) -> bool:
 
 
 # --------------------------------------------------------------------------- activations
+# What a plan can assume ("auto" depends on the backend the run will use: name the kernel).
+ATTENTION_IMPLEMENTATIONS = tuple(i for i in IMPLEMENTATIONS if i != "auto")
+
+
+def _check_attention(attention: str) -> None:
+    if attention not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(f"attention implementation {attention!r}: plan one of "
+                         f"{', '.join(ATTENTION_IMPLEMENTATIONS)}")
+
+
 def layer_activation_bytes(cfg: ModelConfig, layer_type: str, batch: int, seq: int,
-                           act_bytes: int, tp: int = 1) -> int:
-    """Bytes one decoder layer saves for its backward pass (see the module docstring)."""
+                           act_bytes: int, tp: int = 1, attention: str = "xla") -> int:
+    """Bytes one decoder layer saves for its backward pass (see the module docstring).
+    attention: the attention implementation ("xla" dense scores, else a blocked kernel)."""
+    _check_attention(attention)
     n = batch * seq
     d, f = cfg.hidden_size, cfg.intermediate_size
     common = (4 * d + 4 * f / tp) * act_bytes * n
     if layer_type in ("attn", "swa"):
         hq, kv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         proj = (2 * hq * hd + 3 * kv * hd + hq * hd) / tp * act_bytes * n
-        scores = batch * seq * seq * (hq / tp * (4 + act_bytes) + 1)
+        if attention == "xla":
+            scores = batch * seq * seq * (hq / tp * (4 + act_bytes) + 1)
+        else:
+            scores = batch * seq * hq / tp * 4
         return int(common + proj + scores)
     if layer_type == "jet":
         j = cfg.jet
@@ -207,16 +228,18 @@ def layer_activation_bytes(cfg: ModelConfig, layer_type: str, batch: int, seq: i
         return int(common + dense + gdr)
     if layer_type == "super":  # PostNAS super-network layer: both paths, shared norms + MLP
         common = (4 * d + 4 * f / tp) * act_bytes * n
-        return int(layer_activation_bytes(cfg, "attn", batch, seq, act_bytes, tp)
+        return int(layer_activation_bytes(cfg, "attn", batch, seq, act_bytes, tp, attention)
                    + layer_activation_bytes(cfg, "jet", batch, seq, act_bytes, tp) - common)
     # PostNAS zoo blocks: approximate as a jet-sized linear-attention block
     return layer_activation_bytes(cfg, "jet", batch, seq, act_bytes, tp)
 
 
 def activation_bytes(cfg: ModelConfig, batch: int, seq: int, act_bytes: int, tp: int,
-                     remat: bool, layer_types: Sequence[str] | None = None) -> dict[str, int]:
+                     remat: bool, layer_types: Sequence[str] | None = None,
+                     attention: str = "xla") -> dict[str, int]:
     layer_types = tuple(cfg.layer_types if layer_types is None else layer_types)
-    per_layer = [layer_activation_bytes(cfg, t, batch, seq, act_bytes, tp) for t in layer_types]
+    per_layer = [layer_activation_bytes(cfg, t, batch, seq, act_bytes, tp, attention)
+                 for t in layer_types]
     io = 2 * cfg.hidden_size * act_bytes * batch * seq  # embeddings out, final norm
     if remat:
         kept = cfg.num_hidden_layers * cfg.hidden_size * act_bytes * batch * seq
@@ -236,9 +259,12 @@ def plan_memory(model: str | ModelConfig, mesh: Sequence[int] | str, *, batch_pe
                 teacher: str | ModelConfig | None = "auto", teacher_dtype="bf16",
                 grad_accum: int = 1, axis_names: Sequence[str] = MESH_AXES,
                 supernet: bool = False, chip: str | None = None,
-                logits_chunk: int = 0) -> dict:
+                logits_chunk: int = 0, attention_implementation: str = "xla") -> dict:
     """Per-device memory plan (bytes) from abstract shapes; see the module docstring.
 
+    attention_implementation: the kernel the run's attention layers use (student and
+    teacher): "xla" (dense scores: what `auto` runs on GPU and TPU today) or a blocked one
+    ("chunked", "cudnn", "splash"), whose memory and FLOPs are linear in the keys a query sees.
     supernet: plan the PostNAS super-network built from `model`'s shapes instead (every layer
     the teacher's attention + a JetBlock of `model.jet`; only the JetBlocks train).
     chip: a key of CHIPS; adds the step-time estimate (`step_time_s`) and the HBM fit.
@@ -254,6 +280,8 @@ def plan_memory(model: str | ModelConfig, mesh: Sequence[int] | str, *, batch_pe
         raise ValueError("batch_per_device, seq_len and grad_accum must be >= 1")
     if opt not in ("adamw", "sgd"):
         raise ValueError(f"--opt {opt!r}: supported optimizers are adamw and sgd")
+    _check_attention(attention_implementation)
+    attention = attention_implementation
     pdt, adt, tdt = _dtype(param_dtype), _dtype(dtype), _dtype(teacher_dtype)
     pbytes, abytes, tbytes = jnp.dtype(pdt).itemsize, jnp.dtype(adt).itemsize, jnp.dtype(tdt).itemsize
     sizes = dict(zip(axis_names, mesh_shape))
@@ -286,7 +314,7 @@ def plan_memory(model: str | ModelConfig, mesh: Sequence[int] | str, *, batch_pe
         "batch_per_device": batch_per_device, "seq_len": seq_len,
         "global_batch": batch_per_device * sizes.get("data", 1) * sizes.get("fsdp", 1),
         "param_dtype": jnp.dtype(pdt).name, "dtype": jnp.dtype(adt).name,
-        "remat": remat, "frozen_mlp": frozen_mlp, "opt": opt,
+        "remat": remat, "frozen_mlp": frozen_mlp, "opt": opt, "attention": attention,
     }
     mem: dict[str, int] = {}
     mem["params"] = local * pbytes
@@ -311,14 +339,20 @@ def plan_memory(model: str | ModelConfig, mesh: Sequence[int] | str, *, batch_pe
         mem["teacher params"] = 0
         out["teacher"] = None
 
-    acts = activation_bytes(cfg, batch_per_device, seq_len, abytes, tp, remat, layer_types)
+    acts = activation_bytes(cfg, batch_per_device, seq_len, abytes, tp, remat, layer_types,
+                            attention)
     mem["activations"] = acts["total"]
     n = batch_per_device * (min(logits_chunk, seq_len) if logits_chunk > 0 else seq_len)
     vocab_local = -(-cfg.vocab_size // tp)
     mem["logits"] = 2 * 4 * vocab_local * n * (2 if tcfg is not None else 1)
     mem["teacher fwd (transient)"] = (
-        layer_activation_bytes(tcfg, "attn", batch_per_device, seq_len, abytes, tp)
+        layer_activation_bytes(tcfg, "attn", batch_per_device, seq_len, abytes, tp, attention)
         if tcfg is not None else 0)
+    # "chunked" recomputes one query block's f32 scores and probabilities against every key
+    # in the backward pass (the flash kernels keep their tiles on chip)
+    mem["attention bwd (transient)"] = (
+        2 * 4 * batch_per_device * -(-cfg.num_attention_heads // tp) * min(Q_BLOCK, seq_len)
+        * seq_len if attention == "chunked" and set(layer_types) & {"attn", "swa", "super"} else 0)
     g = gathered_weight_bytes(rows, sizes, pbytes, all_layers=not remat)
     gt = (gathered_weight_bytes(trows, sizes, tbytes, all_layers=False) if tcfg is not None
           else {"head": 0, "layers": 0})
@@ -344,7 +378,8 @@ def plan_memory(model: str | ModelConfig, mesh: Sequence[int] | str, *, batch_pe
         out["replicated_params_bytes"], out["replicated_params"] = 0, []
     out["flops"] = step_flops(cfg, layer_types, rows, trainable_rows, tcfg,
                               tokens=out["global_batch"] * seq_len, seq_len=seq_len, remat=remat,
-                              teacher_rows=trows if tcfg is not None else None)
+                              teacher_rows=trows if tcfg is not None else None,
+                              attention=attention)
     if chip is not None:
         c = CHIPS[chip]
         out["chip"] = chip
@@ -377,18 +412,31 @@ def _matmul_elements(rows: Sequence[dict], cfg: ModelConfig) -> int:
     return n
 
 
-def mixer_flops_per_token(cfg: ModelConfig, layer_type: str, seq_len: int) -> float:
+def visible_keys_per_query(seq_len: int, window: int | None = None) -> float:
+    """Mean number of keys a causal query sees in a sequence of seq_len (within `window`)."""
+    w = seq_len if window is None else min(window, seq_len)
+    # queries 0..w-1 see 1..w keys, the other seq_len - w queries see w each
+    return (w * (w + 1) / 2 + (seq_len - w) * w) / seq_len
+
+
+def mixer_flops_per_token(cfg: ModelConfig, layer_type: str, seq_len: int,
+                          attention: str = "xla") -> float:
     """Forward FLOPs per token of a mixer beyond its weight matmuls.
 
-    attn / swa: q.k scores and probs.v over all seq_len keys, 4 * T * Hq * hd (this
-    implementation computes the full [T, T] scores and masks them; a sliding window costs
-    the same). jet: chunked gated delta rule per head, chunk C = 64: intra-chunk
-    q.k / (.)v matrices 4 C (dk + dv) and the state read / update / correction 6 dk dv.
+    attn / swa: q.k scores and probs.v, 4 * keys * Hq * hd; keys = all seq_len with "xla"
+    (the full [T, T] scores, masked: a sliding window costs the same), the keys the query
+    sees with a blocked kernel (causal: (T + 1) / 2 on average; `swa`: at most the window;
+    the tiles on the diagonal, computed whole, are left out). jet: chunked gated delta rule
+    per head, chunk C = 64: intra-chunk q.k / (.)v matrices 4 C (dk + dv) and the state
+    read / update / correction 6 dk dv.
     """
     if layer_type in ("attn", "swa"):
-        return 4.0 * seq_len * cfg.num_attention_heads * cfg.head_dim
+        keys = (seq_len if attention == "xla" else visible_keys_per_query(
+            seq_len, cfg.window_size if layer_type == "swa" else None))
+        return 4.0 * keys * cfg.num_attention_heads * cfg.head_dim
     if layer_type == "super":
-        return mixer_flops_per_token(cfg, "attn", seq_len) + mixer_flops_per_token(cfg, "jet", seq_len)
+        return (mixer_flops_per_token(cfg, "attn", seq_len, attention)
+                + mixer_flops_per_token(cfg, "jet", seq_len))
     j = cfg.jet
     return j.num_heads * (4.0 * GDR_CHUNK * (j.head_dim + j.head_v_dim)
                           + 6.0 * j.head_dim * j.head_v_dim)
@@ -396,8 +444,8 @@ def mixer_flops_per_token(cfg: ModelConfig, layer_type: str, seq_len: int) -> fl
 
 def step_flops(cfg: ModelConfig, layer_types: Sequence[str], rows: Sequence[dict],
                trainable_rows: Sequence[dict], teacher: ModelConfig | None, *, tokens: int,
-               seq_len: int, remat: bool, teacher_rows: Sequence[dict] | None = None
-               ) -> dict[str, float]:
+               seq_len: int, remat: bool, teacher_rows: Sequence[dict] | None = None,
+               attention: str = "xla") -> dict[str, float]:
     """FLOPs of one training step over the global batch (`tokens` tokens).
 
     student forward 2 M + X (M matmul weights, X mixer FLOPs); backward: 4 M_trainable (input
@@ -406,7 +454,7 @@ def step_flops(cfg: ModelConfig, layer_types: Sequence[str], rows: Sequence[dict
     """
     m = _matmul_elements(rows, cfg)
     m_train = _matmul_elements(trainable_rows, cfg)
-    x = sum(mixer_flops_per_token(cfg, t, seq_len) for t in layer_types)
+    x = sum(mixer_flops_per_token(cfg, t, seq_len, attention) for t in layer_types)
     fwd = 2.0 * m + x
     bwd = 4.0 * m_train + 2.0 * (m - m_train) + 2.0 * x
     out = {"student_fwd": fwd * tokens, "student_bwd": bwd * tokens,
@@ -414,7 +462,7 @@ def step_flops(cfg: ModelConfig, layer_types: Sequence[str], rows: Sequence[dict
     if teacher is not None:
         t_rows = teacher_rows if teacher_rows is not None else param_table(
             teacher, (1, 1, 1), jnp.float32)
-        xt = sum(mixer_flops_per_token(teacher, t, seq_len) for t in teacher.layer_types)
+        xt = sum(mixer_flops_per_token(teacher, t, seq_len, attention) for t in teacher.layer_types)
         out["teacher_fwd"] = (2.0 * _matmul_elements(t_rows, teacher) + xt) * tokens
     out["total"] = sum(out.values())
     return out
@@ -455,6 +503,7 @@ def render(plan: dict, console=None) -> None:
              f"{plan['batch_per_device']} x seq {plan['seq_len']} (global batch "
              f"{plan['global_batch']}), params {plan['param_dtype']}, compute {plan['dtype']}, "
              f"opt {plan['opt']}, remat {'on' if plan['remat'] else 'off'}, "
+             f"attention {plan['attention']}, "
              f"frozen MLP/emb {'yes' if plan['frozen_mlp'] else 'no'}")
     table = Table(title=title, title_justify="left")
     table.add_column("per device")
@@ -468,9 +517,11 @@ def render(plan: dict, console=None) -> None:
         "teacher params": (f"{plan.get('teacher_params_total', 0) / 1e9:.3f} B "
                            f"({plan['teacher']})" if plan["teacher"] else "no teacher"),
         "activations": ("remat: layer inputs + 1 layer" if plan["remat"]
-                        else "all layers kept for backward") + "; estimate",
+                        else "all layers kept for backward")
+        + ("; [T, T] attention scores" if plan["attention"] == "xla" else "") + "; estimate",
         "logits": "f32 logits + log-softmax (student, teacher)",
         "teacher fwd (transient)": "largest teacher layer, forward only",
+        "attention bwd (transient)": "chunked: one query block's scores and probs (f32)",
         "total": "",
     }
     for k, v in plan["bytes"].items():
@@ -526,6 +577,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grad-accum", type=int, default=1)
     parser.add_argument("--logits-chunk", type=int, default=0,
                         help="the run's loss.logits_chunk (0: whole [B, T, V] logits)")
+    parser.add_argument("--attention-implementation", default="xla",
+                        choices=ATTENTION_IMPLEMENTATIONS,
+                        help="the run's model.attention_implementation: xla (dense [T, T] scores; "
+                             "what 'auto' runs on GPU and TPU today) or a blocked kernel")
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
 
 
@@ -533,7 +588,8 @@ def run(args: argparse.Namespace) -> int:
     kw = dict(batch_per_device=args.batch_per_device, seq_len=args.seq_len,
               param_dtype=args.param_dtype, dtype=args.dtype, opt=args.opt, remat=args.remat,
               frozen_mlp=args.frozen_mlp, teacher=args.teacher, teacher_dtype=args.teacher_dtype,
-              grad_accum=args.grad_accum, supernet=args.supernet, logits_chunk=args.logits_chunk)
+              grad_accum=args.grad_accum, supernet=args.supernet, logits_chunk=args.logits_chunk,
+              attention_implementation=args.attention_implementation)
     try:
         if args.mesh is None:
             if args.chip is None or args.chips is None:
@@ -556,13 +612,15 @@ def run(args: argparse.Namespace) -> int:
 def xla_step_memory(student: str | ModelConfig, teacher: str | ModelConfig,
                     mesh_shape: Sequence[int], *, batch_per_device: int, seq_len: int,
                     dtype: str = "float32", remat: bool = False,
-                    logits_chunk: int = 0) -> dict[str, int]:
+                    logits_chunk: int = 0, attention_implementation: str = "auto"
+                    ) -> dict[str, int]:
     """Compile (never run) the real distillation train step (`jet_jax_train.train_step.DistillStep`,
     default optimizer: AdamW with the MLP/embeddings/norms frozen) on abstract shapes on the
     devices present and return XLA's per-device `memory_analysis()`: argument, output, alias
     and temp bytes, and `peak` = arguments + temp + outputs not aliased to (donated)
     arguments. Needs prod(mesh_shape) devices (fake CPU devices are fine): nothing is
-    allocated, but the compile of a 7B step takes minutes."""
+    allocated, but the compile of a 7B step takes minutes. attention_implementation: of the
+    student and the teacher (jet_jax.ops.attention)."""
     import jax
 
     from jet_jax.convert.hf import abstract_model
@@ -573,8 +631,9 @@ def xla_step_memory(student: str | ModelConfig, teacher: str | ModelConfig,
     dt = _dtype(dtype)
     scfg, tcfg = load_config(student), load_config(teacher)
     mesh = mesh_from_config(tuple(mesh_shape))
-    s_flat = FlatModel(abstract_model(scfg, dtype=dt, remat=remat))
-    t_flat = FlatModel(abstract_model(tcfg, dtype=dt))
+    att = dict(attention_implementation=attention_implementation)
+    s_flat = FlatModel(abstract_model(scfg, dtype=dt, remat=remat, **att))
+    t_flat = FlatModel(abstract_model(tcfg, dtype=dt, **att))
     ds = DistillStep(s_flat, t_flat, OptimizerSection(), LossSection(logits_chunk=logits_chunk),
                      mesh, total_steps=1000)
     teacher_params = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=ds.teacher_shardings[k])

@@ -77,16 +77,17 @@ def _jet_from_attention(name: str, shape: tuple, teacher: dict, prefix: str, tcf
 def student_from_teacher(teacher_model: JetNemotronForCausalLM, layer_types, *,
                          jet: JetBlockConfig | None = None, window_size: int | None = None,
                          seed: int = 0, dtype=jnp.float32, param_dtype=jnp.float32,
-                         remat: bool = False, return_sources: bool = False):
+                         remat: bool = False, return_sources: bool = False, **model_options):
     """Student model (see module docstring); with `return_sources`, also a dict
-    {flat param name: where its initial value came from}."""
+    {flat param name: where its initial value came from}. `model_options`: further
+    `JetNemotronForCausalLM` arguments (`scan_layers`, the `*_implementation`s)."""
     # Imported here: flat_model is a training helper, student only needs its naming.
     from jet_jax_train.flat_model import FlatModel
 
     tcfg = teacher_model.config
     scfg = student_config(tcfg, layer_types, jet=jet, window_size=window_size)
     student = JetNemotronForCausalLM(scfg, rngs=nnx.Rngs(seed), dtype=dtype,
-                                     param_dtype=param_dtype, remat=remat)
+                                     param_dtype=param_dtype, remat=remat, **model_options)
     teacher_flat = FlatModel(teacher_model)
     teacher = {k: np.asarray(v) for k, v in teacher_flat.params(teacher_model).items()}
     smodel = FlatModel(student)

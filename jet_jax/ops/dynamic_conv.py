@@ -22,9 +22,9 @@ from jet_jax.ops.backend import select_pallas
 from jet_jax.ops.shard_map_kernel import call_per_shard
 from jet_jax.ops.segments import document_index
 
-__all__ = ["dynamic_causal_conv", "dynamic_causal_conv_step"]
+__all__ = ["dynamic_causal_conv", "dynamic_causal_conv_step", "IMPLEMENTATIONS"]
 
-_IMPLEMENTATIONS = ("auto", "reference", "pallas")
+IMPLEMENTATIONS = ("auto", "reference", "pallas")
 _ACTIVATIONS = (None, "silu")
 
 
@@ -116,9 +116,9 @@ def dynamic_causal_conv(
     Returns:
       y: [B, T, C] in x's dtype, or (y, final_conv_state).
     """
-    if implementation not in _IMPLEMENTATIONS:
+    if implementation not in IMPLEMENTATIONS:
         raise ValueError(
-            f"dynamic_causal_conv: unknown implementation {implementation!r}; expected one of {_IMPLEMENTATIONS}"
+            f"dynamic_causal_conv: unknown implementation {implementation!r}; expected one of {IMPLEMENTATIONS}"
         )
     _validate(x, kernels, segment_ids, conv_state, activation)
     if implementation in ("auto", "pallas"):

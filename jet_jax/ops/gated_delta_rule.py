@@ -28,13 +28,14 @@ from jet_jax.ops.backend import select_pallas
 from jet_jax.ops.shard_map_kernel import call_per_shard
 from jet_jax.ops.segments import document_index as _doc_index
 
-__all__ = ["gated_delta_rule", "gated_delta_rule_step", "CHUNK_SIZE"]
+__all__ = ["gated_delta_rule", "gated_delta_rule_step", "CHUNK_SIZE", "IMPLEMENTATIONS",
+           "STEP_IMPLEMENTATIONS"]
 
 CHUNK_SIZE = 64
 CHUNKS_PER_GROUP = 8  # backward recomputation granularity of the chunked form
 _L2_EPS = 1e-6  # same eps as FLA's l2norm
-_IMPLEMENTATIONS = ("auto", "recurrent", "chunked", "pallas")
-_STEP_IMPLEMENTATIONS = ("auto", "recurrent", "fused")
+IMPLEMENTATIONS = ("auto", "recurrent", "chunked", "pallas")
+STEP_IMPLEMENTATIONS = ("auto", "recurrent", "fused")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -333,8 +334,8 @@ def gated_delta_rule(
     Returns:
       o: [B, T, H, Dv] in v's dtype, and the final state [B, H, Dk, Dv] float32 or None.
     """
-    if implementation not in _IMPLEMENTATIONS:
-        raise ValueError(f"gated_delta_rule: unknown implementation {implementation!r}; expected one of {_IMPLEMENTATIONS}")
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"gated_delta_rule: unknown implementation {implementation!r}; expected one of {IMPLEMENTATIONS}")
     B, T, H, Dk, Dv = _validate(q, k, v, g, beta, initial_state, segment_ids)
     scale = float(Dk**-0.5 if scale is None else scale)
     if implementation in ("auto", "pallas"):
@@ -368,9 +369,9 @@ def gated_delta_rule_step(q_t, k_t, v_t, g_t, beta_t, state, *, scale=None, use_
     Returns:
       o_t: [B, H, Dv] in v_t's dtype, new_state: [B, H, Dk, Dv] float32.
     """
-    if implementation not in _STEP_IMPLEMENTATIONS:
+    if implementation not in STEP_IMPLEMENTATIONS:
         raise ValueError(f"gated_delta_rule_step: unknown implementation {implementation!r}; "
-                         f"expected one of {_STEP_IMPLEMENTATIONS}")
+                         f"expected one of {STEP_IMPLEMENTATIONS}")
     if getattr(q_t, "ndim", None) != 3:
         raise ValueError(f"gated_delta_rule_step: q_t must be [B, H, Dk], got shape {getattr(q_t, 'shape', None)}")
     if state is None:

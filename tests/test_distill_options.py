@@ -1,0 +1,112 @@
+"""`model.scan_layers` and the `model.*_implementation` kernel choices of a distillation run:
+validated before any work, passed to both the student and the teacher, and training the same
+student as the defaults; a run may resume under other choices (they are not in the
+checkpoint's config fingerprint)."""
+
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import jet_jax.layers.attention as attention_layer
+import jet_jax.layers.jet_block as jet_block
+from jet_jax_configs import distill_tiny
+from jet_jax_train.checkpointing import CheckpointError
+from jet_jax_train.config import ConfigError, ModelSection, apply_overrides
+from jet_jax_train.distill import run_distill
+from jet_jax_train.metrics import read_jsonl
+
+BASE = ["checkpoint.save_interval_steps=1", "logging.interval=1", "logging.progress=none",
+        "logging.tensorboard=false", "eval.num_batches=0", "eval.mqar_batches=0", "data.seq_len=48",
+        "data.batch_size=4", "mesh.shape=(1, 1, 1)", "train.export=none"]
+KERNELS = ["model.attention_implementation=chunked", "model.gdr_implementation=recurrent",
+           "model.conv_implementation=reference"]
+
+
+def _spy(monkeypatch):
+    """Record the implementation every attention / GDR / conv call of the layers asks for."""
+    seen = {"attention": [], "gdr": [], "conv": []}
+
+    def wrap(module, name, key):
+        fn = getattr(module, name)
+
+        def spy(*args, implementation="auto", **kw):
+            seen[key].append(implementation)
+            return fn(*args, implementation=implementation, **kw)
+        monkeypatch.setattr(module, name, spy)
+
+    wrap(attention_layer, "dot_product_attention", "attention")
+    wrap(jet_block, "gated_delta_rule", "gdr")
+    wrap(jet_block, "dynamic_causal_conv", "conv")
+    return seen
+
+
+def _run(tmp_path, name, steps, extra):
+    out = tmp_path / name
+    cfg = apply_overrides(distill_tiny.get_config(),
+                          BASE + [f"train.steps={steps}", f"train.output_dir={out}"] + extra)
+    summary = run_distill(cfg, print_fn=lambda *_: None)
+    losses = {r["step"]: r["loss"] for r in read_jsonl(Path(out) / "metrics.jsonl", "train")}
+    return summary, losses
+
+
+@pytest.mark.parametrize("key, value", [("attention_implementation", "flash"),
+                                        ("gdr_implementation", "triton"),
+                                        ("conv_implementation", "cudnn")])
+def test_unknown_implementation_is_one_line_naming_key_and_choices(key, value):
+    with pytest.raises(ConfigError) as e:
+        apply_overrides(distill_tiny.get_config(), [f"model.{key}={value}"])
+    msg = str(e.value)
+    assert "\n" not in msg and f"model.{key}" in msg and repr(value) in msg and "auto" in msg
+    with pytest.raises(ConfigError, match=f"model.{key}"):
+        ModelSection(**{key: value})
+    with pytest.raises(ConfigError, match="'cudnn' takes no segment ids"):
+        apply_overrides(distill_tiny.get_config(), ["model.attention_implementation=cudnn"])
+    with pytest.raises(ConfigError, match="scan_layers"):
+        apply_overrides(distill_tiny.get_config(), ["model.scan_layers=maybe"])
+
+
+def test_choices_reach_student_and_teacher_and_train_the_same_student(tmp_path, monkeypatch):
+    """Three steps with the defaults, with scan_layers, and with explicit non-default kernels:
+    the same losses (float32; 1e-5 relative: only the order of float operations differs)."""
+    seen = _spy(monkeypatch)
+    _, plain = _run(tmp_path, "plain", 3, [])
+    # distill_tiny on CPU at 48 tokens: auto runs dense attention, chunked GDR, the reference conv
+    assert set(seen["attention"]) == {"auto"} and set(seen["gdr"]) == {"auto"}
+    for v in seen.values():
+        v.clear()
+    scan_summary, scanned = _run(tmp_path, "scan", 3, ["model.scan_layers=true"])
+    assert scan_summary["flat_model"].merge(scan_summary["final_params"]).scan_layers
+    _, kernels = _run(tmp_path, "kernels", 3, KERNELS)
+    # the tiny teacher is 4 attention layers; the student 1 attn + 1 swa + 2 jet layers. Every
+    # traced call of the kernel run (teacher and student) asked for the configured kernel.
+    assert seen["attention"].count("chunked") >= 4 + 2
+    assert "recurrent" in seen["gdr"] and "reference" in seen["conv"]
+    assert sorted(plain) == sorted(scanned) == sorted(kernels) == [1, 2, 3]
+    for step in plain:
+        np.testing.assert_allclose(scanned[step], plain[step], rtol=1e-5)
+        np.testing.assert_allclose(kernels[step], plain[step], rtol=1e-5)
+
+
+def test_resume_under_other_kernels(tmp_path, monkeypatch):
+    """A run stopped (as by SIGTERM) at step 2 with the defaults continues with scan_layers and
+    other kernels in the same directory: it resumes from the saved step instead of refusing
+    the config. A change of what is computed is still refused."""
+    import jet_jax_train.distill as distill
+
+    class StopAtTwo(distill.Preemption):
+        def should_stop(self, step):
+            if step >= 2 and self.signum is None:
+                self.signum = signal.SIGTERM
+            return super().should_stop(step)
+
+    with monkeypatch.context() as m:
+        m.setattr(distill, "Preemption", StopAtTwo)
+        first, _ = _run(tmp_path, "run", 4, [])
+    assert first["interrupted"] and first["end_step"] == 2
+    resumed, losses = _run(tmp_path, "run", 4, ["model.scan_layers=true"] + KERNELS)
+    assert resumed["start_step"] == 2 and resumed["end_step"] == 4
+    assert sorted(losses) == [1, 2, 3, 4]
+    with pytest.raises(CheckpointError, match="window_size"):
+        _run(tmp_path, "run", 4, ["model.window_size=16"])
