@@ -22,7 +22,11 @@
   3. one-sequence prefill tokens/s of the CPU student vs its teacher (jet_jax.commands.bench
      configs) at each context;
   4. peak memory (XLA memory_analysis: arguments + outputs - aliases + temporaries) of a
-     32K-token prefill in one chunk.
+     32K-token prefill in one chunk;
+  5. training: per-device peak memory of the distillation train step (compiled on abstract
+     shapes, never run; `jet_jax_train.plan.xla_step_memory`) beside `jet-jax plan`'s
+     estimate, with dense "xla" and with "chunked" attention (`model.attention_implementation`),
+     for the CPU student and its teacher at each --train-tokens length per device.
 
     PYTHONPATH=. python benchmarks/long_context.py [--contexts 4096,16384] [--skip-2b] [--baseline REV]
 """
@@ -241,9 +245,11 @@ def main(argv=None):
     p.add_argument("--contexts", type=lambda s: [int(x) for x in s.split(",")], default=[4096, 16384])
     p.add_argument("--prefill-chunk", type=int, default=2048)
     p.add_argument("--peak-tokens", type=int, default=32768)
+    p.add_argument("--train-tokens", type=lambda s: [int(x) for x in s.split(",")],
+                   default=[2048, 4096, 8192], help="table 5: tokens per device")
     p.add_argument("--skip-2b", action="store_true", help="skip the Jet-Nemotron-2B tables (1, 2b)")
     p.add_argument("--only", type=lambda s: set(s.split(",")), default=None,
-                   help="comma-separated tables to run, of 1 (with 1b, 1c), 1d, 2, 2b, 3, 4 (default: all)")
+                   help="comma-separated tables to run, of 1 (with 1b, 1c), 1d, 2, 2b, 3, 4, 5 (default: all)")
     p.add_argument("--baseline", default="4265ea6",
                    help="git revision compiled as 'base' in table 1 ('' to skip)")
     p.add_argument("--before-max-context", type=int, default=None,
@@ -329,14 +335,35 @@ def main(argv=None):
             print(f"{ctx:>8} {mode:8} {s:>10,.0f} {t:>10,.0f} {s / t:>16.2f}", flush=True)
 
     n = args.peak_tokens
-    if not want("4"):
-        return
-    print(f"\n4. peak memory of a {n}-token prefill in one chunk (memory_analysis, f32)")
-    for name, cfg in (("student", CPU_STUDENT), ("teacher", CPU_TEACHER)):
-        row = [f"{name:8}"]
-        for mode in MODES:
-            row.append(f"{mode} {bytes_needed(_prefill_lowered(build(cfg, mode, abstract=True), n, n, jnp.float32).compile()) / 2**30:7.2f} GiB")
-        print("  ".join(row), flush=True)
+    if want("4"):
+        print(f"\n4. peak memory of a {n}-token prefill in one chunk (memory_analysis, f32)")
+        for name, cfg in (("student", CPU_STUDENT), ("teacher", CPU_TEACHER)):
+            row = [f"{name:8}"]
+            for mode in MODES:
+                row.append(f"{mode} {bytes_needed(_prefill_lowered(build(cfg, mode, abstract=True), n, n, jnp.float32).compile()) / 2**30:7.2f} GiB")
+            print("  ".join(row), flush=True)
+
+    if want("5"):
+        mesh = (1, jax.device_count(), 1)
+        print(f"\n5. distillation train step, peak memory per device (MiB; f32, batch 1 per device, "
+              f"mesh {mesh}, AdamW, MLP frozen): XLA memory_analysis vs jet-jax plan")
+        print(f"{'tokens':>7} {'attention':9} {'XLA':>9} {'plan':>9} {'plan/XLA':>9}")
+        for tokens in args.train_tokens:
+            for att in ("xla", "chunked"):
+                xla, plan = train_step_memory(CPU_STUDENT, CPU_TEACHER, mesh, tokens, att)
+                print(f"{tokens:>7} {att:9} {xla / 2**20:>9,.0f} {plan / 2**20:>9,.0f} "
+                      f"{plan / xla:>9.2f}", flush=True)
+
+
+def train_step_memory(student, teacher, mesh, tokens, attention):
+    """(XLA peak, plan total) bytes per device of the distillation step with `attention`."""
+    from jet_jax_train.plan import plan_memory, xla_step_memory
+    xla = xla_step_memory(student, teacher, mesh, batch_per_device=1, seq_len=tokens,
+                          dtype="float32", attention_implementation=attention)["peak"]
+    plan = plan_memory(student, mesh, batch_per_device=1, seq_len=tokens, param_dtype="f32",
+                       dtype="f32", teacher=teacher, teacher_dtype="f32", frozen_mlp=True,
+                       attention_implementation=attention)["bytes"]["total"]
+    return xla, plan
 
 
 if __name__ == "__main__":

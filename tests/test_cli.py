@@ -159,32 +159,42 @@ def test_bench_rejects_bad_arguments_at_parse_time(capsys):
     assert "--contexts" in capsys.readouterr().err
 
 
-def test_bench_kernel_choices_are_the_ops_and_reach_both_models(capsys, monkeypatch):
-    """`jet-jax bench --attention/gdr/conv-implementation` offer the ops' kernels (attention
-    without the self-attention-only cudnn / splash) and build the student and the teacher
-    with them; a bad name is refused at parse time."""
-    from jet_jax.commands import bench
+def test_kernel_flags_are_the_ops_kernels(capsys):
+    """`--attention/gdr/conv-implementation` of bench, generate and eval offer the ops' kernels
+    (attention without the self-attention-only cudnn / splash); a bad name is refused at parse
+    time."""
+    from jet_jax.commands import kernel_choice
     from jet_jax.ops.attention import IMPLEMENTATIONS as ATTENTION
     from jet_jax.ops.dynamic_conv import IMPLEMENTATIONS as CONV
     from jet_jax.ops.gated_delta_rule import IMPLEMENTATIONS as GDR
-    import jet_jax.layers.attention as attention_layer
-    import jet_jax.layers.jet_block as jet_block
 
-    assert bench.ATTENTION_CHOICES == tuple(i for i in ATTENTION if i not in ("cudnn", "splash"))
-    assert bench.GDR_CHOICES == GDR and bench.CONV_CHOICES == CONV
-    with pytest.raises(SystemExit) as e:
-        main(["bench", "--gdr-implementation", "triton"])
-    assert e.value.code == 2 and "--gdr-implementation" in capsys.readouterr().err
+    assert kernel_choice.ATTENTION == tuple(i for i in ATTENTION if i not in ("cudnn", "splash"))
+    assert kernel_choice.GDR == GDR and kernel_choice.CONV == CONV
+    for cmd in ("bench", "generate", "eval"):
+        with pytest.raises(SystemExit) as e:
+            main([cmd, "--gdr-implementation", "triton"])
+        assert e.value.code == 2 and "--gdr-implementation" in capsys.readouterr().err
 
-    seen = []
-    for module, name in ((attention_layer, "dot_product_attention"), (jet_block, "gated_delta_rule")):
-        fn = getattr(module, name)
-        monkeypatch.setattr(module, name, lambda *a, _fn=fn, implementation="auto", **kw: (
-            seen.append(implementation), _fn(*a, implementation=implementation, **kw))[1])
+
+def test_bench_kernel_flags_reach_both_models(capsys, kernel_calls):
     assert main(["bench", "--contexts", "64", "--decode-steps", "1", "--repeats", "1",
                  "--max-batch", "1", "--no-jet-only", "--plot", "", "--json", "",
                  "--attention-implementation", "chunked", "--gdr-implementation", "recurrent"]) == 0
     out = capsys.readouterr().out
     assert "kernels: attention chunked, gated delta rule recurrent" in out
     assert "teacher" in out and "student / teacher" in out
-    assert set(seen) == {"chunked", "recurrent"} and seen.count("chunked") >= 8 + 2
+    # the CPU bench's student has 1 attn + 1 swa layer, its teacher 8 attention layers
+    assert set(kernel_calls["attention"]) == {"chunked"} and len(kernel_calls["attention"]) >= 8 + 2
+    assert set(kernel_calls["gdr"]) == {"recurrent"}
+
+
+def test_generate_kernel_flags_reach_the_model_and_change_no_token(capsys, kernel_calls):
+    argv = ["generate", "--preset", "tiny-jet", "--prompt", "hello", "--max-new-tokens", "6",
+            "--ignore-eos"]
+    assert main(argv) == 0
+    plain = capsys.readouterr().out
+    kernel_calls["attention"].clear(), kernel_calls["gdr"].clear()
+    assert main(argv + ["--attention-implementation", "chunked", "--gdr-implementation",
+                        "recurrent"]) == 0
+    assert capsys.readouterr().out == plain
+    assert set(kernel_calls["attention"]) == {"chunked"} and set(kernel_calls["gdr"]) == {"recurrent"}

@@ -9,8 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import jet_jax.layers.attention as attention_layer
-import jet_jax.layers.jet_block as jet_block
 from jet_jax_configs import distill_tiny
 from jet_jax_train.checkpointing import CheckpointError
 from jet_jax_train.config import ConfigError, ModelSection, apply_overrides
@@ -22,24 +20,6 @@ BASE = ["checkpoint.save_interval_steps=1", "logging.interval=1", "logging.progr
         "data.batch_size=4", "mesh.shape=(1, 1, 1)", "train.export=none"]
 KERNELS = ["model.attention_implementation=chunked", "model.gdr_implementation=recurrent",
            "model.conv_implementation=reference"]
-
-
-def _spy(monkeypatch):
-    """Record the implementation every attention / GDR / conv call of the layers asks for."""
-    seen = {"attention": [], "gdr": [], "conv": []}
-
-    def wrap(module, name, key):
-        fn = getattr(module, name)
-
-        def spy(*args, implementation="auto", **kw):
-            seen[key].append(implementation)
-            return fn(*args, implementation=implementation, **kw)
-        monkeypatch.setattr(module, name, spy)
-
-    wrap(attention_layer, "dot_product_attention", "attention")
-    wrap(jet_block, "gated_delta_rule", "gdr")
-    wrap(jet_block, "dynamic_causal_conv", "conv")
-    return seen
 
 
 def _run(tmp_path, name, steps, extra):
@@ -67,10 +47,10 @@ def test_unknown_implementation_is_one_line_naming_key_and_choices(key, value):
         apply_overrides(distill_tiny.get_config(), ["model.scan_layers=maybe"])
 
 
-def test_choices_reach_student_and_teacher_and_train_the_same_student(tmp_path, monkeypatch):
+def test_choices_reach_student_and_teacher_and_train_the_same_student(tmp_path, kernel_calls):
     """Three steps with the defaults, with scan_layers, and with explicit non-default kernels:
     the same losses (float32; 1e-5 relative: only the order of float operations differs)."""
-    seen = _spy(monkeypatch)
+    seen = kernel_calls
     _, plain = _run(tmp_path, "plain", 3, [])
     # distill_tiny on CPU at 48 tokens: auto runs dense attention, chunked GDR, the reference conv
     assert set(seen["attention"]) == {"auto"} and set(seen["gdr"]) == {"auto"}

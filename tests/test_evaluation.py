@@ -124,6 +124,26 @@ def test_text_jsonl_parquet_and_bits_per_byte_via_cli(llama, tmp_path):
                                direct["nll"] * direct["tokens"] / np.log(2) / sum(map(len, map(encode, texts))))
 
 
+def test_eval_kernel_flag_scores_the_same(llama, tmp_path, kernel_calls):
+    """`jet-jax eval --attention-implementation chunked` loads the model with that kernel
+    and scores the same perplexity as the dense reference (1e-5: float rounding only)."""
+    path, hf, model = llama
+    text = "A text long enough to span several windows of sixteen tokens, twice or more."
+    (tmp_path / "a.txt").write_text(text)
+    ppl = {}
+    for att in ("xla", "chunked"):
+        out = tmp_path / f"{att}.json"
+        assert main(["eval", "--model", str(path), "--text", str(tmp_path / "a.txt"),
+                     "--context-len", "16", "--json", str(out), "--no-progress",
+                     "--attention-implementation", att]) == 0
+        ppl[att] = json.loads(out.read_text())["results"]["model"]["ppl:a.txt"]["ppl"]
+        assert set(kernel_calls["attention"]) == {att}  # the flag reached every layer
+        kernel_calls["attention"].clear()
+    direct = perplexity(model, [encode(text)], context_len=16, num_bytes=len(text.encode()))
+    np.testing.assert_allclose(ppl["xla"], direct["ppl"], rtol=1e-6)
+    np.testing.assert_allclose(ppl["chunked"], direct["ppl"], rtol=1e-5)
+
+
 @pytest.mark.parametrize("lines, message", [
     (['{"context": "a", "choices": ["b", "c"], "label": 0}', '{"context": "a", "label": 0}'],
      r"task.jsonl:2: missing key\(s\) \['choices'\]"),

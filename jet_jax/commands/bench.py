@@ -21,14 +21,8 @@ import math
 import sys
 import time
 
+from jet_jax.commands import kernel_choice
 from jet_jax.config import JetBlockConfig, ModelConfig, hybrid_layer_types
-
-# The kernels `--*-implementation` may name: those of jet_jax.ops (spelled out so `--help`
-# does not import jax; tests/test_cli.py checks them against the ops). Prefill and decode
-# attend over a cache, which "cudnn" and "splash" (self-attention only) cannot.
-ATTENTION_CHOICES = ("auto", "xla", "chunked")
-GDR_CHOICES = ("auto", "recurrent", "chunked", "pallas")
-CONV_CHOICES = ("auto", "reference", "pallas")
 
 # CPU defaults: small enough to run in about a minute on two cores, big enough that the
 # teacher's KV-cache reads dominate its decode step at the longer contexts. Same ratio of
@@ -305,13 +299,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--unrolled", action="store_true",
                         help="run every layer unrolled (default: runs of same-type layers as one "
                              "lax.scan over stacked parameters)")
-    # Kernels to try (default "auto": only what has run on this backend).
-    parser.add_argument("--attention-implementation", default="auto", choices=ATTENTION_CHOICES,
-                        help="attention of prefill and decode (jet_jax.ops.attention)")
-    parser.add_argument("--gdr-implementation", default="auto", choices=GDR_CHOICES,
-                        help="gated delta rule of the prefill (jet_jax.ops.gated_delta_rule)")
-    parser.add_argument("--conv-implementation", default="auto", choices=CONV_CHOICES,
-                        help="dynamic convolution of the prefill (jet_jax.ops.dynamic_conv)")
+    kernel_choice.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -330,8 +318,7 @@ def run(args: argparse.Namespace) -> int:
     dt = jnp.dtype(d["dtype"])
     print(f"backend {jax.default_backend()}, dtype {dt.name}, budget {d['budget_gib']} GiB, "
           f"max batch {d['max_batch']}, {d['decode_steps']} decode steps")
-    print(f"kernels: attention {args.attention_implementation}, gated delta rule "
-          f"{args.gdr_implementation}, dynamic conv {args.conv_implementation}")
+    print(kernel_choice.describe(args))
     print(f"student: {student_cfg.describe()}")
     print(f"teacher: {teacher_cfg.describe()}")
     if args.jet_only:
@@ -343,9 +330,7 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for name, cfg in models:
         model = JetNemotronForCausalLM(cfg, rngs=nnx.Rngs(0), dtype=dt, param_dtype=dt,
-                                       attention_implementation=args.attention_implementation,
-                                       gdr_implementation=args.gdr_implementation,
-                                       conv_implementation=args.conv_implementation)
+                                       **kernel_choice.model_kwargs(args))
         if not args.unrolled:
             model = stack_layers(model)
         for ctx in d["contexts"]:

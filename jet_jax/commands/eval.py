@@ -17,7 +17,7 @@ import math
 import sys
 from pathlib import Path
 
-from jet_jax.commands import dtype_choice
+from jet_jax.commands import dtype_choice, kernel_choice
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -45,6 +45,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic tasks")
     parser.add_argument("--json", help="write the results to this JSON file")
     parser.add_argument("--no-progress", action="store_true")
+    kernel_choice.add_arguments(parser)
 
 
 def _load_tokenizer(args):
@@ -126,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         for name, path in (("model", args.model), ("teacher", args.teacher)):
             if path is None:
                 continue
-            model = load_model(path, param_dtype=dtype)
+            model = load_model(path, param_dtype=dtype, **kernel_choice.model_kwargs(args))
             results[name] = evaluate_model(model, tokenizer, args)
             del model
     except (ValueError, FileNotFoundError) as e:  # bad input: one line, no traceback

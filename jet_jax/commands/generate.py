@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jet_jax.commands import dtype_choice
+from jet_jax.commands import dtype_choice, kernel_choice
 from jet_jax.tokenizer import ByteTokenizer, tokenizer_for_model
 
 
@@ -52,6 +52,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefill-chunk", type=int, default=None,
                         help="prefill the prompt in chunks of this many tokens")
     parser.add_argument("--ignore-eos", action="store_true", help="do not stop at the EOS token")
+    kernel_choice.add_arguments(parser)
 
 
 def _load(args):
@@ -63,9 +64,10 @@ def _load(args):
         from jet_jax.model import JetNemotronForCausalLM
         dt = jnp.float32 if args.dtype == "auto" else jnp.dtype(args.dtype)
         return JetNemotronForCausalLM(get_preset(args.preset), rngs=nnx.Rngs(args.seed), dtype=dt,
-                                      param_dtype=dt)
+                                      param_dtype=dt, **kernel_choice.model_kwargs(args))
     from jet_jax.checkpoint_io import load_model
-    return load_model(args.model, param_dtype=dtype_choice.param_dtype(args.dtype))
+    return load_model(args.model, param_dtype=dtype_choice.param_dtype(args.dtype),
+                      **kernel_choice.model_kwargs(args))
 
 
 def run(args: argparse.Namespace) -> int:
