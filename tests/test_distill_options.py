@@ -47,6 +47,24 @@ def test_unknown_implementation_is_one_line_naming_key_and_choices(key, value):
         apply_overrides(distill_tiny.get_config(), ["model.scan_layers=maybe"])
 
 
+def test_splash_off_tpu_is_refused_before_any_work(tmp_path, capsys):
+    """Splash is a TPU kernel: elsewhere `jet-jax distill` stops with one line naming the
+    setting, and writes nothing."""
+    from jet_jax.cli import main
+    from jet_jax_train.distill import check_kernels
+
+    cfg = apply_overrides(distill_tiny.get_config(), ["model.attention_implementation=splash"])
+    check_kernels(cfg, backend="tpu")  # fine there
+    with pytest.raises(ConfigError, match="'splash' runs on TPU only, this backend is gpu"):
+        check_kernels(cfg, backend="gpu")
+    out = tmp_path / "run"
+    rc = main(["distill", "--config", str(Path(distill_tiny.__file__)), "--set",
+               "model.attention_implementation=splash", "--set", f"train.output_dir={out}"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and "model.attention_implementation" in err and "cpu" in err
+    assert not out.exists()
+
+
 def test_choices_reach_student_and_teacher_and_train_the_same_student(tmp_path, kernel_calls):
     """Three steps with the defaults, with scan_layers, and with explicit non-default kernels:
     the same losses (float32; 1e-5 relative: only the order of float operations differs)."""

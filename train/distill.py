@@ -76,6 +76,15 @@ def check_teacher(spec: str) -> None:
         raise ConfigError(f"model.teacher: {e}") from None
 
 
+def check_kernels(cfg: TrainConfig, backend: str | None = None) -> None:
+    """ConfigError (one line) if a kernel the config names cannot run on `backend` (default:
+    this process's): Splash attention is a TPU (Mosaic) kernel."""
+    backend = backend or jax.default_backend()
+    if cfg.model.attention_implementation == "splash" and backend != "tpu":
+        raise ConfigError(f"model.attention_implementation: 'splash' runs on TPU only, this backend "
+                          f"is {backend}; use 'chunked' (memory linear in the sequence anywhere)")
+
+
 def student_layer_types(cfg: TrainConfig, num_layers: int) -> tuple[str, ...]:
     m = cfg.model
     if m.layer_types is not None:
@@ -113,6 +122,7 @@ def run_distill(cfg: TrainConfig, *, teacher_model: JetNemotronForCausalLM | Non
     """Train; returns {"start_step", "end_step", "init_eval", "final_eval", "tokens_per_s",
     "train_wall_s", "interrupted"}."""
     initialize_distributed()
+    check_kernels(cfg)
     out_dir = os.path.abspath(cfg.train.output_dir)
     shape = tuple(cfg.mesh.shape)
     devices = None

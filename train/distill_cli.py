@@ -24,12 +24,13 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jet_jax_train.distill import check_teacher, run_distill
+    from jet_jax_train.distill import check_kernels, check_teacher, run_distill
 
     try:
         cfg = apply_overrides(load_config_file(args.config), args.overrides)
         if not args.print_config:
             check_teacher(cfg.model.teacher)
+            check_kernels(cfg)
     except ConfigError as e:
         print(f"jet-jax distill: error: {e}", file=sys.stderr)
         return 2
