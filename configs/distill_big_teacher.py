@@ -9,6 +9,12 @@ qwen2.5-14b, qwen2.5-32b); `model.teacher` must point at that teacher's HF direc
 and batch are placeholders: take the mesh `jet-jax plan --model jet-<teacher> --teacher
 <teacher> --remat --chip <chip> --chips <n>` recommends for your slice. Qwen3-8B needs the
 qwen3 model family (q/k norm) to load its weights.
+
+Layers run as scans over same-type runs (`model.scan_layers`: the step compiles each run's
+layer once) and KL is computed 512 positions at a time (`loss.logits_chunk`: no whole
+[B, 4096, 152k] f32 logits). Attention stays `auto` (dense on TPU and GPU until a kernel has
+run there); on a TPU, `--set model.attention_implementation=splash` makes it linear in the
+sequence (docs/long_context.md).
 """
 
 import os
@@ -29,10 +35,10 @@ def get_config() -> TrainConfig:
     return TrainConfig(
         model=ModelSection(teacher=f"/path/to/{name}", attn_layers=attn, swa_layers=swa,
                            window_size=student.window_size, jet=student.jet,
-                           dtype="bfloat16", remat=True),
+                           dtype="bfloat16", remat=True, scan_layers=True),
         data=DataConfig(seq_len=4096, batch_size=256, num_shards=8, shuffle_window=1024),
         optimizer=OptimizerSection(lr=1e-4, warmup_steps=200),
-        loss=LossSection(temperature=1.0, kl_weight=1.0),
+        loss=LossSection(temperature=1.0, kl_weight=1.0, logits_chunk=512),
         mesh=MeshSection(shape=(-1, 8, 1)),
         checkpoint=CheckpointSection(save_interval_steps=200, max_to_keep=3),
         eval=EvalSection(interval=500, num_batches=4, mqar_batches=0),

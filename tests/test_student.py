@@ -113,3 +113,21 @@ def test_config_file_errors(tmp_path):
     with pytest.raises(ConfigError, match="defines no get_config"):
         load_config_file(bad)
     assert isinstance(load_config_file("configs/distill_tiny.py"), TrainConfig)
+
+
+def test_big_teacher_config_for_every_teacher(monkeypatch):
+    """configs/distill_big_teacher.py loads for each teacher it names: its student's attention
+    layers, layer scan and chunked KL on; a TPU run may switch to Splash attention."""
+    from jet_jax_configs.teachers import STUDENT_OF, STUDENTS
+    from jet_jax_train.distill import check_kernels, student_layer_types
+
+    for name in STUDENT_OF:
+        monkeypatch.setenv("JET_JAX_TEACHER", name)
+        cfg = load_config_file("configs/distill_big_teacher.py")
+        student = STUDENTS[STUDENT_OF[name]]
+        assert student_layer_types(cfg, student.num_hidden_layers) == tuple(student.layer_types)
+        assert cfg.model.scan_layers and cfg.model.remat and cfg.loss.logits_chunk == 512
+        check_kernels(apply_overrides(cfg, ["model.attention_implementation=splash"]), backend="tpu")
+    monkeypatch.setenv("JET_JAX_TEACHER", "gpt-2")
+    with pytest.raises(ConfigError, match="JET_JAX_TEACHER"):
+        load_config_file("configs/distill_big_teacher.py")
