@@ -26,7 +26,11 @@
   5. training: per-device peak memory of the distillation train step (compiled on abstract
      shapes, never run; `jet_jax_train.plan.xla_step_memory`) beside `jet-jax plan`'s
      estimate, with dense "xla" and with "chunked" attention (`model.attention_implementation`),
-     for the CPU student and its teacher at each --train-tokens length per device.
+     for the CPU student and its teacher at each --train-tokens length per device;
+  6. training compile time: lower + compile of the distillation train step (abstract shapes,
+     512 tokens, f32, one device) with every layer unrolled vs `scan_layers`, at the CPU
+     student's widths with its own layer pattern repeated to 8, 16 and 32 layers and with
+     the Jet-Nemotron-2B preset's 28-layer pattern (long runs of JetBlocks).
 
     PYTHONPATH=. python benchmarks/long_context.py [--contexts 4096,16384] [--skip-2b] [--baseline REV]
 """
@@ -249,7 +253,7 @@ def main(argv=None):
                    default=[2048, 4096, 8192], help="table 5: tokens per device")
     p.add_argument("--skip-2b", action="store_true", help="skip the Jet-Nemotron-2B tables (1, 2b)")
     p.add_argument("--only", type=lambda s: set(s.split(",")), default=None,
-                   help="comma-separated tables to run, of 1 (with 1b, 1c), 1d, 2, 2b, 3, 4, 5 (default: all)")
+                   help="comma-separated tables to run, of 1 (with 1b, 1c), 1d, 2, 2b, 3, 4, 5, 6 (default: all)")
     p.add_argument("--baseline", default="4265ea6",
                    help="git revision compiled as 'base' in table 1 ('' to skip)")
     p.add_argument("--before-max-context", type=int, default=None,
@@ -353,6 +357,46 @@ def main(argv=None):
                 xla, plan = train_step_memory(CPU_STUDENT, CPU_TEACHER, mesh, tokens, att)
                 print(f"{tokens:>7} {att:9} {xla / 2**20:>9,.0f} {plan / 2**20:>9,.0f} "
                       f"{plan / xla:>9.2f}", flush=True)
+
+    if want("6"):
+        from jet_jax_configs.presets import get_preset
+        print("\n6. distillation train step compile time (s; lower + compile, 512 tokens, f32, "
+              "CPU student widths, teacher = all attention)")
+        print(f"{'pattern':24} {'layers':>6} {'unrolled':>9} {'scanned':>8} {'scanned/unrolled':>17} "
+              f"{'peak MiB unrolled':>18} {'scanned':>8}")
+        shapes = [(f"CPU student x{r}", CPU_STUDENT.layer_types * r) for r in (1, 2, 4)]
+        shapes.append(("Jet-Nemotron-2B", get_preset("jet-nemotron-2b").layer_types))
+        for label, types in shapes:
+            s_cfg = CPU_STUDENT.replace(num_hidden_layers=len(types), layer_types=tuple(types))
+            t_cfg = CPU_TEACHER.replace(num_hidden_layers=len(types), layer_types=("attn",) * len(types))
+            (unrolled, m_unrolled), (scanned, m_scanned) = (
+                train_step_compile(s_cfg, t_cfg, scan) for scan in (False, True))
+            print(f"{label:24} {len(types):>6} {unrolled:>9.1f} {scanned:>8.1f} "
+                  f"{scanned / unrolled:>17.2f} {m_unrolled / 2**20:>18,.0f} "
+                  f"{m_scanned / 2**20:>8,.0f}", flush=True)
+
+
+def train_step_compile(student, teacher, scan_layers, tokens=512):
+    """(lower + compile seconds, peak bytes) of the distillation step on one device (abstract
+    shapes; peak = arguments + outputs - aliases + temporaries)."""
+    from jet_jax.convert.hf import abstract_model
+    from jet_jax_train.config import LossSection, OptimizerSection
+    from jet_jax_train.distributed import mesh_from_config
+    from jet_jax_train.flat_model import FlatModel
+    from jet_jax_train.train_step import BATCH_KEYS, DistillStep, batch_sharding
+
+    mesh = mesh_from_config((1, 1, 1), devices=jax.devices()[:1])
+    s_flat = FlatModel(abstract_model(student, scan_layers=scan_layers))
+    t_flat = FlatModel(abstract_model(teacher, scan_layers=scan_layers))
+    ds = DistillStep(s_flat, t_flat, OptimizerSection(), LossSection(), mesh, total_steps=100)
+    teacher_params = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=ds.teacher_shardings[k])
+                      for k, v in t_flat.abstract_params().items()}
+    batch = {k: jax.ShapeDtypeStruct((1, tokens), jnp.float32 if k == "loss_mask" else jnp.int32,
+                                     sharding=batch_sharding(mesh)) for k in BATCH_KEYS}
+    jax.clear_caches()
+    t0 = time.perf_counter()
+    compiled = ds._step.lower(ds.abstract_state(), teacher_params, batch).compile()
+    return time.perf_counter() - t0, bytes_needed(compiled)
 
 
 def train_step_memory(student, teacher, mesh, tokens, attention):
