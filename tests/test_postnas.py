@@ -250,6 +250,38 @@ def test_block_selection_table(teacher, suite, trained):
     assert res["best"] == "gla"
 
 
+def test_attention_kernel_follows_the_teacher_through_supernet_and_subnets(teacher, tmp_path,
+                                                                            kernel_calls):
+    """`attention_implementation` (PostNAS setting): the teacher is built with it and the
+    super-network and every extracted sub-network inherit it; "chunked" computes what the
+    default does (1e-5); a bad name or "cudnn" is refused with one line."""
+    from jet_jax_train.config import ConfigError
+    from jet_jax_train.postnas.config import PostNASConfig
+    from jet_jax_train.postnas.stages import get_teacher
+
+    t = get_teacher(PostNASConfig(teacher="preset:tiny-qwen2", attention_implementation="chunked"),
+                    tmp_path)
+    assert {layer.self_attn.implementation for layer in t.model.layers} == {"chunked"}
+    chunked_teacher = nnx.merge(*nnx.split(teacher))  # same weights as the default teacher
+    for layer in chunked_teacher.model.layers:
+        layer.self_attn.implementation = "chunked"
+    plain = SuperNetwork.from_teacher(teacher, "jet", enable_swa=True, seed=3)
+    sup = SuperNetwork.from_teacher(chunked_teacher, "jet", enable_swa=True, seed=3)
+    assert plain.attention_implementation == "auto" and sup.attention_implementation == "chunked"
+    ids = jax.random.randint(jax.random.key(1), (B, 20), 0, 256)
+    seg = jnp.array([[1] * 9 + [2] * 11, [1] * 20])
+    choice = jnp.array([ATTN, SWA, LINEAR, ATTN])
+    kernel_calls["attention"].clear()
+    np.testing.assert_allclose(sup(ids, choice, seg), plain(ids, choice, seg), atol=1e-5, rtol=0)
+    # every layer's attention and SWA paths: chunked in `sup`, the default in `plain`
+    assert kernel_calls["attention"] == ["chunked"] * 8 + ["auto"] * 8
+    sub = extract_subnet(sup, layer_types_from_choice([ATTN, SWA, LINEAR, ATTN], "jet"))
+    assert {sub.model.layers[i].self_attn.implementation for i in (0, 1, 3)} == {"chunked"}
+    for bad in ("flash", "cudnn"):
+        with pytest.raises(ConfigError, match=f"attention_implementation: '{bad}'"):
+            PostNASConfig(attention_implementation=bad)
+
+
 def test_cli_parses_and_overrides():
     import argparse
     from jet_jax_train.postnas import cli

@@ -38,6 +38,9 @@ class PostNASConfig:
     teacher_layers: int | None = None      # override num_hidden_layers of the preset
     teacher_steps: int = 300
     teacher_lr: float = 3e-3
+    # attention kernel of the teacher and of every model built from it (jet_jax.ops.attention;
+    # "chunked" or "splash" (TPU) make it linear in seq_len; not "cudnn": rows pack documents)
+    attention_implementation: str = "auto"
     # linear block (JetBlock shape) and SWA
     block: str = "jet"
     jet_heads: int = 2
@@ -93,6 +96,11 @@ class PostNASConfig:
         bad = [b for b in (self.block, *self.blocks) if b not in ("jet", *MIXERS)]
         if bad:
             raise ConfigError(f"unknown linear block {bad[0]!r}; known: {['jet', *MIXERS]}")
+        from jet_jax.ops.attention import IMPLEMENTATIONS
+        choices = tuple(i for i in IMPLEMENTATIONS if i != "cudnn")
+        if self.attention_implementation not in choices:
+            raise ConfigError(f"attention_implementation: {self.attention_implementation!r} is not "
+                              f"one of {', '.join(choices)} ('cudnn' cannot mask packed documents)")
         if self.sampling_rule not in RULES:
             raise ConfigError(f"sampling_rule must be one of {RULES}, got {self.sampling_rule!r}")
         for lowest, names in ((0, _COUNTS), (1, _SIZES)):

@@ -100,12 +100,15 @@ def throughput_config(cfg: PostNASConfig) -> ThroughputConfig:
 
 def get_teacher(cfg: PostNASConfig, out: Path):
     from jet_jax_train.postnas.teacher import load_teacher, pretrain_teacher
+    # Every model built from the teacher (super-network, sub-networks, students) runs its
+    # attention kernel (SuperNetwork.from_teacher, extract_subnet).
+    kernels = dict(attention_implementation=cfg.attention_implementation)
     if cfg.teacher:
         log(f"teacher: {cfg.teacher}")
-        t = load_teacher(cfg.teacher, seed=cfg.seed)
+        t = load_teacher(cfg.teacher, seed=cfg.seed, **kernels)
     elif (out / "teacher" / "config.json").exists():
         log(f"teacher: reusing {out / 'teacher'}")
-        t = from_hf(out / "teacher")
+        t = from_hf(out / "teacher", **kernels)
     else:
         tcfg = get_preset(cfg.teacher_preset)
         if cfg.teacher_layers:
@@ -113,7 +116,8 @@ def get_teacher(cfg: PostNASConfig, out: Path):
                                 layer_types=("attn",) * cfg.teacher_layers)
         log(f"teacher: pre-training {tcfg.describe()} for {cfg.teacher_steps} steps")
         t = pretrain_teacher(tcfg, data_config(cfg, seed_offset=100), steps=cfg.teacher_steps,
-                             lr=cfg.teacher_lr, seed=cfg.seed, out_dir=out / "teacher", log=log)
+                             lr=cfg.teacher_lr, seed=cfg.seed, out_dir=out / "teacher", log=log,
+                             **kernels)
     # The linear-block shape and SWA window every stage builds from (a qwen2 config carries
     # them without using them).
     t.config = t.config.replace(jet=jet_config(cfg), window_size=cfg.window_size)

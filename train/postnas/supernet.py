@@ -83,12 +83,13 @@ class SuperLayer(nnx.Module):
     """Pre-norm decoder layer with both mixers: x + Mixer_c(RMSNorm(x)), x + MLP(RMSNorm(x))."""
 
     def __init__(self, cfg: ModelConfig, block: str, *, enable_swa: bool, rngs: nnx.Rngs,
-                 dtype=jnp.float32, param_dtype=jnp.float32):
+                 dtype=jnp.float32, param_dtype=jnp.float32, attention_implementation: str = "auto"):
         norm = dict(eps=cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
         self.enable_swa = enable_swa
         self.window = cfg.window_size
         self.input_layernorm = RMSNorm(cfg.hidden_size, **norm)
-        self.attn = Attention(cfg, window=None, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        self.attn = Attention(cfg, window=None, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
+                              implementation=attention_implementation)
         self.linear = build_linear_mixer(cfg, block, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, **norm)
         self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size, init_std=cfg.initializer_range,
@@ -114,12 +115,12 @@ class SuperLayer(nnx.Module):
 
 class SuperModel(nnx.Module):
     def __init__(self, config: ModelConfig, block: str, *, enable_swa: bool, rngs: nnx.Rngs,
-                 dtype, param_dtype):
+                 dtype, param_dtype, attention_implementation: str = "auto"):
         self.embed_tokens = make_token_embedding(config, rngs=rngs, dtype=dtype,
                                                  param_dtype=param_dtype)
         self.layers = nnx.List([
             SuperLayer(config, block, enable_swa=enable_swa, rngs=rngs, dtype=dtype,
-                       param_dtype=param_dtype)
+                       param_dtype=param_dtype, attention_implementation=attention_implementation)
             for _ in range(config.num_hidden_layers)])
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, dtype=dtype,
                             param_dtype=param_dtype)
@@ -130,20 +131,24 @@ class SuperNetwork(nnx.Module):
     [B, T, V] float32; with `return_hidden_states`, (logits, [h_0 .. h_L] each [B, T, D]).
 
     `config` is the teacher's config (all `attn`) carrying the linear block's settings
-    (`jet`, `zoo`, `window_size`); `block` names the linear path.
+    (`jet`, `zoo`, `window_size`); `block` names the linear path. `attention_implementation`:
+    the attention kernel of every path and of the sub-networks `extract_subnet` builds.
     """
 
     def __init__(self, config: ModelConfig, block: str = "jet", *, enable_swa: bool = False,
-                 rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32):
+                 rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32,
+                 attention_implementation: str = "auto"):
         if block not in linear_block_names():
             raise ValueError(f"unknown linear block {block!r}; valid: {linear_block_names()}")
         self.config = config
         self.block = block
         self.enable_swa = enable_swa
+        self.attention_implementation = attention_implementation
         # Same parameter paths as JetNemotronForCausalLM ("model/embed_tokens", "model/layers/i/
         # mlp", ...), so jet_jax_train.optimizer's default freezing regexes apply unchanged.
         self.model = SuperModel(config, block, enable_swa=enable_swa, rngs=rngs, dtype=dtype,
-                                param_dtype=param_dtype)
+                                param_dtype=param_dtype,
+                                attention_implementation=attention_implementation)
         if not config.tie_word_embeddings:
             self.lm_head = make_lm_head(config, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
 
@@ -176,12 +181,14 @@ class SuperNetwork(nnx.Module):
     def from_teacher(cls, teacher: JetNemotronForCausalLM, block: str = "jet", *,
                      enable_swa: bool = False, seed: int = 0, jet=None,
                      zoo: dict[str, dict] | None = None, window_size: int | None = None,
-                     dtype=jnp.float32, param_dtype=jnp.float32) -> "SuperNetwork":
+                     dtype=jnp.float32, param_dtype=jnp.float32,
+                     attention_implementation: str | None = None) -> "SuperNetwork":
         """Copy the teacher's embeddings, norms, MLPs and attention; init the linear paths.
 
         jet: a `JetBlockConfig` for the JetBlock paths (default: the teacher config's);
         zoo: {block: {num_heads, head_dim, expand_v}} overrides for zoo blocks;
-        window_size: SWA window (default: the teacher config's).
+        window_size: SWA window (default: the teacher config's);
+        attention_implementation: default the teacher's attention kernel.
         """
         tcfg = teacher.config
         if not all(t == "attn" for t in tcfg.layer_types):
@@ -194,8 +201,10 @@ class SuperNetwork(nnx.Module):
         if window_size is not None:
             changes["window_size"] = int(window_size)
         cfg = tcfg.replace(**changes) if changes else tcfg
+        if attention_implementation is None:
+            attention_implementation = teacher.model.layers[0].self_attn.implementation
         sup = cls(cfg, block, enable_swa=enable_swa, rngs=nnx.Rngs(seed), dtype=dtype,
-                  param_dtype=param_dtype)
+                  param_dtype=param_dtype, attention_implementation=attention_implementation)
         tm, sm = teacher.model, sup.model
         nnx.update(sm.embed_tokens, nnx.state(tm.embed_tokens))
         nnx.update(sm.norm, nnx.state(tm.norm))
@@ -256,8 +265,9 @@ def extract_subnet(supernet: SuperNetwork, layer_types: Sequence[str], *,
     emb = supernet.model.embed_tokens
     dtype = emb.dtype if dtype is None else dtype
     param_dtype = emb.param_dtype if param_dtype is None else param_dtype
-    model = nnx.eval_shape(lambda: JetNemotronForCausalLM(cfg, rngs=nnx.Rngs(0), dtype=dtype,
-                                                          param_dtype=param_dtype))
+    model = nnx.eval_shape(lambda: JetNemotronForCausalLM(
+        cfg, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype,
+        attention_implementation=supernet.attention_implementation))
     m = model.model
     nnx.update(m.embed_tokens, nnx.state(supernet.model.embed_tokens))
     nnx.update(m.norm, nnx.state(supernet.model.norm))
