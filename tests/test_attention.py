@@ -146,3 +146,12 @@ def test_auto_picks_only_verified_implementations():
     assert choose_implementation(64, 64, "cpu") == "xla"
     for backend in ("gpu", "cuda", "tpu"):  # nothing but the reference has run there yet
         assert choose_implementation(4096, 4096, backend) == "xla"
+
+
+def test_backend_problem_names_the_hardware_a_kernel_needs():
+    from jet_jax.ops.attention import backend_problem
+    assert backend_problem("splash", "tpu") is None and backend_problem("cudnn", "gpu") is None
+    assert backend_problem("splash", "gpu") == "'splash' runs on TPU only, this backend is gpu"
+    assert "NVIDIA GPUs only, this backend is tpu" in backend_problem("cudnn", "tpu")
+    assert all(backend_problem(i, "cpu") is None for i in ("auto", "xla", "chunked"))
+    assert "this backend is cpu" in backend_problem("splash")  # default: JAX's backend (CPU here)

@@ -280,6 +280,9 @@ def test_attention_kernel_follows_the_teacher_through_supernet_and_subnets(teach
     for bad in ("flash", "cudnn"):
         with pytest.raises(ConfigError, match=f"attention_implementation: '{bad}'"):
             PostNASConfig(attention_implementation=bad)
+    from jet_jax_train.postnas.cli import preflight
+    assert "'splash' runs on TPU only, this backend is cpu" in preflight(
+        PostNASConfig(attention_implementation="splash"), "pipeline")
 
 
 def test_cli_parses_and_overrides():

@@ -29,6 +29,7 @@ from flax import nnx
 
 from jet_jax.config import ModelConfig, hybrid_layer_types
 from jet_jax.model import JetNemotronForCausalLM
+from jet_jax.ops.attention import backend_problem
 from jet_jax_train.checkpointing import TrainCheckpointer
 from jet_jax_train.config import EXECUTION_KEYS, EXPORT_DIRS, ConfigError, TrainConfig, to_dict
 from jet_jax_train.data.mqar import mqar_accuracy
@@ -79,10 +80,10 @@ def check_teacher(spec: str) -> None:
 def check_kernels(cfg: TrainConfig, backend: str | None = None) -> None:
     """ConfigError (one line) if a kernel the config names cannot run on `backend` (default:
     this process's): Splash attention is a TPU (Mosaic) kernel."""
-    backend = backend or jax.default_backend()
-    if cfg.model.attention_implementation == "splash" and backend != "tpu":
-        raise ConfigError(f"model.attention_implementation: 'splash' runs on TPU only, this backend "
-                          f"is {backend}; use 'chunked' (memory linear in the sequence anywhere)")
+    problem = backend_problem(cfg.model.attention_implementation, backend)
+    if problem:
+        raise ConfigError(f"model.attention_implementation: {problem}; use 'chunked' (memory "
+                          "linear in the sequence anywhere)")
 
 
 def student_layer_types(cfg: TrainConfig, num_layers: int) -> tuple[str, ...]:

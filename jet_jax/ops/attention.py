@@ -242,6 +242,17 @@ def _splash(q, k, v, qseg, kseg, window, scale, interpret, block=128):
     return jnp.swapaxes(out, 1, 2)[:, :t]
 
 
+def backend_problem(implementation: str, backend: str | None = None) -> str | None:
+    """Why `implementation` cannot run on `backend` (default: JAX's), or None: Splash is a
+    TPU (Mosaic) kernel and cuDNN an NVIDIA one. For checking a run's settings up front."""
+    backend = backend or jax.default_backend()
+    if implementation == "splash" and backend != "tpu":
+        return f"'splash' runs on TPU only, this backend is {backend}"
+    if implementation == "cudnn" and backend not in ("gpu", "cuda"):
+        return f"'cudnn' runs on NVIDIA GPUs only, this backend is {backend}"
+    return None
+
+
 def choose_implementation(tq: int, tk: int, backend: str | None = None) -> str:
     """What "auto" runs: the dense reference while [Tq, Tk] scores are small, else chunked."""
     backend = backend or jax.default_backend()

@@ -65,10 +65,14 @@ def _config(args) -> PostNASConfig:
 
 
 def preflight(cfg: PostNASConfig, stage: str) -> str | None:
-    """What would make `stage` fail on these settings before it trains anything (a missing
-    teacher, an unknown preset, a missing earlier stage), or None. Checked before the output
+    """What would make `stage` fail on these settings before it trains anything (a kernel this
+    backend lacks, a missing teacher, an unknown preset, a missing earlier stage), or None. Checked before the output
     directory is created."""
+    from jet_jax.ops.attention import backend_problem
     from jet_jax.presets import PRESETS
+    problem = backend_problem(cfg.attention_implementation)
+    if problem:
+        return f"attention_implementation: {problem}; use 'chunked'"
     if cfg.teacher and not cfg.teacher.startswith("preset:") and not Path(cfg.teacher).is_dir():
         return f"teacher {cfg.teacher!r} is neither 'preset:<name>' nor a directory"
     preset = cfg.teacher.split(":", 1)[1] if cfg.teacher and cfg.teacher.startswith("preset:") \
