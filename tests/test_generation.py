@@ -220,11 +220,14 @@ def test_dtype_auto_is_float32_on_cpu_and_as_stored_elsewhere(tmp_path):
     import argparse
     from jet_jax.checkpoint_io import save_orbax
     from jet_jax.commands import dtype_choice
-    from jet_jax.commands.generate import _load
+    from jet_jax.commands.generate import _load, register
 
     gd, st = nnx.split(_model("teacher"))
     save_orbax(nnx.merge(gd, jax.tree.map(lambda x: x.astype(jnp.bfloat16), st)), tmp_path / "ckpt")
-    args = lambda dtype: argparse.Namespace(preset=None, model=str(tmp_path / "ckpt"), dtype=dtype, seed=0)
+    parser = argparse.ArgumentParser()
+    register(parser)
+    args = lambda dtype: parser.parse_args(["--model", str(tmp_path / "ckpt"), "--prompt", "x",
+                                            "--dtype", dtype])
     on_cpu = jax.default_backend() == "cpu"
     assert dtype_choice.param_dtype("auto") == (jnp.float32 if on_cpu else None)
     dtypes = lambda m: {x.dtype for x in jax.tree.leaves(nnx.state(m, nnx.Param))}
