@@ -123,7 +123,7 @@ def run_distill(cfg: TrainConfig, *, teacher_model: JetNemotronForCausalLM | Non
     """Train; returns {"start_step", "end_step", "init_eval", "final_eval", "tokens_per_s",
     "train_wall_s", "interrupted"}."""
     initialize_distributed()
-    check_kernels(cfg)
+    check_kernels(cfg)  # after jax.distributed starts: it asks JAX for the backend
     out_dir = os.path.abspath(cfg.train.output_dir)
     shape = tuple(cfg.mesh.shape)
     devices = None

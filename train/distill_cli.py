@@ -24,20 +24,25 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jet_jax_train.distill import check_kernels, check_teacher, run_distill
+    from jet_jax_train.distill import check_teacher, run_distill
 
     try:
         cfg = apply_overrides(load_config_file(args.config), args.overrides)
         if not args.print_config:
             check_teacher(cfg.model.teacher)
-            check_kernels(cfg)
     except ConfigError as e:
         print(f"jet-jax distill: error: {e}", file=sys.stderr)
         return 2
     if args.print_config:
         print(json.dumps(to_dict(cfg), indent=2, default=str))
         return 0
-    summary = run_distill(cfg)
+    try:
+        # run_distill checks the kernels against the backend first thing after starting
+        # jax.distributed (which must come before anything that touches the backend)
+        summary = run_distill(cfg)
+    except ConfigError as e:
+        print(f"jet-jax distill: error: {e}", file=sys.stderr)
+        return 2
     keep = {k: summary.get(k) for k in ("start_step", "end_step", "init_eval", "final_eval",
                                          "tokens_per_s", "train_wall_s", "interrupted", "exported")}
     print(json.dumps(keep, indent=2, default=str))

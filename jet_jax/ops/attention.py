@@ -244,7 +244,10 @@ def _splash(q, k, v, qseg, kseg, window, scale, interpret, block=128):
 
 def backend_problem(implementation: str, backend: str | None = None) -> str | None:
     """Why `implementation` cannot run on `backend` (default: JAX's), or None: Splash is a
-    TPU (Mosaic) kernel and cuDNN an NVIDIA one. For checking a run's settings up front."""
+    TPU (Mosaic) kernel and cuDNN an NVIDIA one. For checking a run's settings up front; it
+    asks JAX for the backend (which starts it) only for those two."""
+    if implementation not in ("splash", "cudnn"):
+        return None
     backend = backend or jax.default_backend()
     if implementation == "splash" and backend != "tpu":
         return f"'splash' runs on TPU only, this backend is {backend}"
