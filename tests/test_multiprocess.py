@@ -29,8 +29,12 @@ from jet_jax_train.launch import spawn
 from jet_jax_train.metrics import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS = 6
-RUN_TIMEOUT_S = 900  # one distillation run (compile + 6 steps) on 2 shared cores: ~1-2 min
+# Steps are fast (~0.3 s each here) and the host runs a few steps ahead of the metrics the test
+# polls, so SIGTERM sent after step 2's loss lands at step ~4 and the processes agree to stop one
+# step later; with 6 steps a loaded CI machine once put that step at the last one (nothing left
+# to interrupt). 12 steps leave room.
+STEPS = 12
+RUN_TIMEOUT_S = 900  # one distillation run (compile + 12 steps) on 2 shared cores: ~1-2 min
 HEARTBEAT_S = 20  # JET_JAX_HEARTBEAT_TIMEOUT_S for the failure test
 OVERRIDES = [f"train.steps={STEPS}", "checkpoint.save_interval_steps=2", "checkpoint.max_to_keep=5",
              "logging.interval=1", "logging.progress=none", "logging.tensorboard=false",
