@@ -15,7 +15,10 @@
      compile time goes: fusion and dot instructions of the optimized program (XLA:CPU
      generates code for each fusion, identical ones shared, and for each matrix-vector dot,
      as in a batch-1 decode), and the compile time with LLVM's optimizations off
-     (`xla_backend_optimization_level=0`), side by side;
+     (`xla_backend_optimization_level=0`), side by side; 1e. the cost of the layer order:
+     the preset as it is (its attention layers split the jet layers into three runs, so three
+     loop bodies) against the same layers with every jet layer in one run (a different
+     network; it shows what the order costs, nothing runs it);
   2. the compiled decode step's temporary memory as a fraction of its cache (all-attention
      model, 4 layers, batch 8, 8192 positions, float32; cache donated); 2b. the 2B preset's
      decode step: temporaries in bf16 and f32, and the bf16 step time (random weights);
@@ -96,6 +99,25 @@ def compile_times(cfg, chunk=2048, context=4096, dtype=jnp.bfloat16, repeats=3):
                 t0 = time.perf_counter()
                 lower().compile()
                 out[mode][k] = min(out[mode][k], time.perf_counter() - t0)
+    return out
+
+
+def layer_order_compile_times(cfg, dtype, repeats=3) -> dict:
+    """{"preset": [prefill s, decode s], "grouped": ...} of the 'after' code (lower + compile,
+    best of `repeats`, the two orders alternating): `cfg` as it is, and the same layers with
+    every linear ('jet') layer moved before the attention layers, so they form one run."""
+    types = cfg.layer_types
+    grouped = tuple(t for t in types if t == "jet") + tuple(t for t in types if t != "jet")
+    cfgs = {"preset": cfg, "grouped": cfg.replace(layer_types=grouped)}
+    out = {k: [float("inf"), float("inf")] for k in cfgs}
+    for _ in range(repeats):
+        for label, c in cfgs.items():
+            programs = _lowerings(build(c, "after", dtype, abstract=True), dtype=dtype)
+            for k, lower in enumerate(programs.values()):
+                jax.clear_caches()
+                t0 = time.perf_counter()
+                lower().compile()
+                out[label][k] = min(out[label][k], time.perf_counter() - t0)
     return out
 
 
@@ -253,7 +275,7 @@ def main(argv=None):
                    default=[2048, 4096, 8192], help="table 5: tokens per device")
     p.add_argument("--skip-2b", action="store_true", help="skip the Jet-Nemotron-2B tables (1, 2b)")
     p.add_argument("--only", type=lambda s: set(s.split(",")), default=None,
-                   help="comma-separated tables to run, of 1 (with 1b, 1c), 1d, 2, 2b, 3, 4, 5, 6 (default: all)")
+                   help="comma-separated tables to run, of 1 (with 1b, 1c), 1d, 1e, 2, 2b, 3, 4, 5, 6 (default: all)")
     p.add_argument("--baseline", default="4265ea6",
                    help="git revision compiled as 'base' in table 1 ('' to skip)")
     p.add_argument("--before-max-context", type=int, default=None,
@@ -309,6 +331,18 @@ def main(argv=None):
         print(f"{'program':8} {'compile (s)':>12} {'fusions':>8} {'dots':>5} {'-O0 (s)':>8} {'-O0/default':>12}")
         for name, (t, fusions, dots, t0) in compile_anatomy(get_preset("jet-nemotron-2b")).items():
             print(f"{name:8} {t:>12.2f} {fusions:>8} {dots:>5} {t0:>8.2f} {t0 / t:>12.2f}", flush=True)
+
+    if not args.skip_2b and want("1e"):
+        from jet_jax_configs.presets import get_preset
+        print("\n1e. the cost of the layer order ('after' code, best of 3, alternating): the 2B "
+              "preset as it is (its attention layers split the jet layers into 3 runs, 3 loops) vs "
+              "the same layers with every jet layer moved into one run (1 loop; a different "
+              "network, a diagnostic only)")
+        print(f"{'dtype':9} {'order':9} {'prefill (s)':>12} {'decode (s)':>11}")
+        for name in ("bfloat16", "float32"):
+            for label, (tp, td) in layer_order_compile_times(get_preset("jet-nemotron-2b"),
+                                                               jnp.dtype(name)).items():
+                print(f"{name:9} {label:9} {tp:>12.2f} {td:>11.2f}", flush=True)
 
     dt = decode_temp_fraction() if want("2") else {}
     if dt:
