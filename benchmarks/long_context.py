@@ -86,20 +86,27 @@ def _lowerings(model, chunk=2048, context=4096, dtype=jnp.bfloat16) -> dict:
             "decode": lambda: decode_step.lower(graphdef, state, _i32(1), _i32(1), cache)}
 
 
-def compile_times(cfg, chunk=2048, context=4096, dtype=jnp.bfloat16, repeats=3):
-    """{mode: [prefill s, decode s]} of lower + compile, best of `repeats` (modes alternating,
-    jax caches cleared before each compile, so a neighbour's load spike or a cache hit does
-    not decide the ratio)."""
-    out = {mode: [float("inf"), float("inf")] for mode in MODES}
+def _best_compile_times(variants: dict, repeats: int) -> dict:
+    """{label: [prefill s, decode s]}: lower + compile of each variant's programs (`variants`:
+    label -> a thunk returning `_lowerings(...)`), best of `repeats`, variants alternating and
+    jax caches cleared before each compile, so a neighbour's load spike or a cache hit does not
+    decide a ratio."""
+    out = {label: [float("inf"), float("inf")] for label in variants}
     for _ in range(repeats):
-        for mode in MODES:
-            programs = _lowerings(build(cfg, mode, dtype, abstract=True), chunk, context, dtype)
-            for k, lower in enumerate(programs.values()):
+        for label, programs in variants.items():
+            for k, lower in enumerate(programs().values()):
                 jax.clear_caches()
                 t0 = time.perf_counter()
                 lower().compile()
-                out[mode][k] = min(out[mode][k], time.perf_counter() - t0)
+                out[label][k] = min(out[label][k], time.perf_counter() - t0)
     return out
+
+
+def compile_times(cfg, chunk=2048, context=4096, dtype=jnp.bfloat16, repeats=3):
+    """{mode: [prefill s, decode s]} of lower + compile, best of `repeats`."""
+    return _best_compile_times(
+        {mode: (lambda mode=mode: _lowerings(build(cfg, mode, dtype, abstract=True), chunk,
+                                             context, dtype)) for mode in MODES}, repeats)
 
 
 def layer_order_compile_times(cfg, dtype, repeats=3) -> dict:
@@ -109,16 +116,9 @@ def layer_order_compile_times(cfg, dtype, repeats=3) -> dict:
     types = cfg.layer_types
     grouped = tuple(t for t in types if t == "jet") + tuple(t for t in types if t != "jet")
     cfgs = {"preset": cfg, "grouped": cfg.replace(layer_types=grouped)}
-    out = {k: [float("inf"), float("inf")] for k in cfgs}
-    for _ in range(repeats):
-        for label, c in cfgs.items():
-            programs = _lowerings(build(c, "after", dtype, abstract=True), dtype=dtype)
-            for k, lower in enumerate(programs.values()):
-                jax.clear_caches()
-                t0 = time.perf_counter()
-                lower().compile()
-                out[label][k] = min(out[label][k], time.perf_counter() - t0)
-    return out
+    return _best_compile_times(
+        {label: (lambda c=c: _lowerings(build(c, "after", dtype, abstract=True), dtype=dtype))
+         for label, c in cfgs.items()}, repeats)
 
 
 # Run inside a checkout of an older revision: its own prefill/decode steps, unrolled layers
