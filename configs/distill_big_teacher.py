@@ -10,6 +10,8 @@ and batch are placeholders: take the mesh `jet-jax plan --model jet-<teacher> --
 <teacher> --remat --chip <chip> --chips <n>` recommends for your slice. Qwen3-8B needs the
 qwen3 model family (q/k norm) to load its weights.
 
+The frozen teacher is held in bf16 (`model.teacher_param_dtype`; the plan's `--teacher-dtype
+bf16`): half the memory of float32, and an HF Qwen checkpoint is stored in bf16 anyway.
 Layers run as scans over same-type runs (`model.scan_layers`: the step compiles each run's
 layer once) and KL is computed 512 positions at a time (`loss.logits_chunk`: no whole
 [B, 4096, 152k] f32 logits). Attention stays `auto` (dense on TPU and GPU until a kernel has
@@ -35,7 +37,8 @@ def get_config() -> TrainConfig:
     return TrainConfig(
         model=ModelSection(teacher=f"/path/to/{name}", attn_layers=attn, swa_layers=swa,
                            window_size=student.window_size, jet=student.jet,
-                           dtype="bfloat16", remat=True, scan_layers=True),
+                           dtype="bfloat16", teacher_param_dtype="bfloat16", remat=True,
+                           scan_layers=True),
         data=DataConfig(seq_len=4096, batch_size=256, num_shards=8, shuffle_window=1024),
         optimizer=OptimizerSection(lr=1e-4, warmup_steps=200),
         loss=LossSection(temperature=1.0, kl_weight=1.0, logits_chunk=512),

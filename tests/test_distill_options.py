@@ -108,3 +108,51 @@ def test_resume_under_other_kernels(tmp_path, monkeypatch):
     assert sorted(losses) == [1, 2, 3, 4]
     with pytest.raises(CheckpointError, match="window_size"):
         _run(tmp_path, "run", 4, ["model.window_size=16"])
+
+
+def test_teacher_param_dtype_holds_the_teacher_in_bfloat16(tmp_path, monkeypatch):
+    """`model.teacher_param_dtype=bfloat16`: the teacher's parameters are bf16 (half the
+    memory), the student trains with float32 compute as before, and the losses move only by the
+    teacher's bf16 rounding. The setting is part of what a resume checks; at its default it is
+    left out of the fingerprint, so checkpoints from before it existed still resume."""
+    import jax
+    import jax.numpy as jnp
+
+    import jet_jax_train.distill as distill
+    from jet_jax_train.checkpointing import CheckpointError
+
+    loaded = []
+    real = distill.load_teacher
+
+    def spy(*a, **kw):
+        model = real(*a, **kw)
+        from flax import nnx
+        loaded.append({x.dtype for x in jax.tree.leaves(nnx.state(model, nnx.Param))})
+        return model
+
+    monkeypatch.setattr(distill, "load_teacher", spy)
+    _, f32 = _run(tmp_path, "f32", 2, [])
+    _, bf16 = _run(tmp_path, "bf16", 2, ["model.teacher_param_dtype=bfloat16"])
+    assert loaded == [{jnp.dtype(jnp.float32)}, {jnp.dtype(jnp.bfloat16)}]
+    assert sorted(f32) == sorted(bf16) == [1, 2]
+    # The student starts as a copy of the teacher, so the KL is small (~0.01 here); rounding
+    # the teacher's weights to bf16 moves it by a few 1e-3 at most.
+    assert bf16[1] != f32[1]
+    np.testing.assert_allclose([bf16[s] for s in (1, 2)], [f32[s] for s in (1, 2)], atol=5e-3)
+    # the same (preset) teacher held in bf16 computes float32 logits within bf16 rounding of
+    # float32's
+    ids = jnp.arange(48)[None] % 200
+    t32, t16 = (real("preset:tiny-qwen2", param_dtype=p, seed=1) for p in (jnp.float32, jnp.bfloat16))
+    l32, l16 = t32(ids), t16(ids)
+    assert l16.dtype == jnp.float32
+    assert 0 < float(jnp.max(jnp.abs(l16 - l32))) < 2e-2 * float(jnp.max(jnp.abs(l32)))
+
+    default = distill_tiny.get_config()
+    assert "teacher_param_dtype" not in distill.fingerprint(default)["model"]
+    half = apply_overrides(default, ["model.teacher_param_dtype=bfloat16"])
+    assert distill.fingerprint(half)["model"]["teacher_param_dtype"] == "bfloat16"
+    with pytest.raises(CheckpointError, match="teacher_param_dtype"):
+        _run(tmp_path, "bf16", 3, [])  # resuming the bf16-teacher run with a float32 teacher
+    with pytest.raises(ConfigError) as e:
+        apply_overrides(default, ["model.teacher_param_dtype=float16"])
+    assert "\n" not in str(e.value) and "model.teacher_param_dtype" in str(e.value)

@@ -47,7 +47,11 @@ class ModelSection:
         swa_layers)` (every other layer a JetBlock).
     jet: JetBlock hyper-parameters of the student; None = the teacher config's default.
     window_size: sliding window of `swa` layers; None = keep the teacher config's value.
-    dtype: compute dtype ("float32" or "bfloat16"); parameters stay float32.
+    dtype: compute dtype ("float32" or "bfloat16"); the student's parameters stay float32.
+    teacher_param_dtype: the dtype the frozen teacher's parameters are held in ("float32" or
+        "bfloat16"). "bfloat16" halves the teacher's memory (a 32B teacher: 64 instead of 128
+        GB over the mesh) and loses nothing for an HF teacher stored in bf16; it changes the
+        teacher's logits by bf16 rounding when compute is float32.
     remat: rematerialise each decoder layer in the backward pass.
     scan_layers: run each run of consecutive same-type layers as one `lax.scan` (student and
         teacher), so the step's compile time stops growing with depth; parameters and
@@ -68,6 +72,7 @@ class ModelSection:
     jet: JetBlockConfig | None = None
     window_size: int | None = None
     dtype: str = "float32"
+    teacher_param_dtype: str = "float32"
     remat: bool = False
     init_seed: int = 0
     scan_layers: bool = False
@@ -76,8 +81,10 @@ class ModelSection:
     conv_implementation: str = "auto"
 
     def __post_init__(self):
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ConfigError(f"model.dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+        for key in ("dtype", "teacher_param_dtype"):
+            if getattr(self, key) not in ("float32", "bfloat16"):
+                raise ConfigError(f"model.{key} must be 'float32' or 'bfloat16', "
+                                  f"got {getattr(self, key)!r}")
         for key, choices in (("attention_implementation", ATTENTION_IMPLEMENTATIONS),
                              ("gdr_implementation", GDR_IMPLEMENTATIONS),
                              ("conv_implementation", CONV_IMPLEMENTATIONS)):

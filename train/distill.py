@@ -47,18 +47,28 @@ log = logging.getLogger(__name__)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def load_teacher(spec: str, *, dtype=jnp.float32, seed: int = 0,
+def load_teacher(spec: str, *, dtype=jnp.float32, param_dtype=jnp.float32, seed: int = 0,
                  **model_options) -> JetNemotronForCausalLM:
-    """`preset:<name>` (random init) or an HF directory. `model_options`: constructor
-    arguments such as `scan_layers` and the `*_implementation`s (ModelSection.model_options)."""
+    """`preset:<name>` (random init) or an HF directory, computing in `dtype` with parameters
+    held in `param_dtype`. `model_options`: constructor arguments such as `scan_layers` and
+    the `*_implementation`s (ModelSection.model_options)."""
     if spec.startswith("preset:"):
         from jet_jax.presets import get_preset
-        return JetNemotronForCausalLM(get_preset(spec.split(":", 1)[1]), rngs=nnx.Rngs(seed),
-                                      dtype=dtype, **model_options)
+        cfg = get_preset(spec.split(":", 1)[1])
+        model = JetNemotronForCausalLM(cfg, rngs=nnx.Rngs(seed), dtype=dtype, **model_options)
+        if jnp.dtype(param_dtype) == jnp.float32:
+            return model
+        # initialised in float32 and rounded, as an HF teacher is: the same network in either
+        # dtype (initialising in bf16 would draw other weights)
+        out = JetNemotronForCausalLM(cfg, rngs=nnx.Rngs(seed), dtype=dtype,
+                                     param_dtype=param_dtype, **model_options)
+        nnx.update(out, jax.tree.map(lambda x: x.astype(param_dtype),
+                                     nnx.state(model, nnx.Param)))
+        return out
     if not os.path.isdir(spec):
         raise FileNotFoundError(f"teacher {spec!r} is neither 'preset:<name>' nor an HF directory")
     from jet_jax.convert.hf import from_hf
-    return from_hf(spec, dtype=dtype, **model_options)
+    return from_hf(spec, dtype=dtype, param_dtype=param_dtype, **model_options)
 
 
 def check_teacher(spec: str) -> None:
@@ -97,6 +107,10 @@ def fingerprint(cfg: TrainConfig) -> dict:
     """What must match for a checkpoint to be resumed (eval/logging/mesh may change)."""
     d = to_dict(cfg)
     d["model"] = {k: v for k, v in d["model"].items() if k not in EXECUTION_KEYS}
+    if d["model"]["teacher_param_dtype"] == "float32":
+        # the default, and what runs did before the setting existed: left out, so their
+        # checkpoints still resume
+        del d["model"]["teacher_param_dtype"]
     return {k: d[k] for k in ("model", "data", "optimizer", "loss")} | {
         "train": {"steps": cfg.train.steps, "seed": cfg.train.seed}}
 
@@ -135,7 +149,8 @@ def run_distill(cfg: TrainConfig, *, teacher_model: JetNemotronForCausalLM | Non
 
     options = cfg.model.model_options()
     teacher = teacher_model if teacher_model is not None else load_teacher(
-        cfg.model.teacher, dtype=dtype, seed=cfg.model.init_seed + 1, **options)
+        cfg.model.teacher, dtype=dtype, param_dtype=DTYPES[cfg.model.teacher_param_dtype],
+        seed=cfg.model.init_seed + 1, **options)
     layer_types = student_layer_types(cfg, teacher.config.num_hidden_layers)
     student = student_from_teacher(teacher, layer_types, jet=cfg.model.jet,
                                    window_size=cfg.model.window_size, seed=cfg.model.init_seed,

@@ -573,7 +573,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher", default="auto",
                         help="'auto' (all-attention version of --model), 'none', a preset or a "
                              "config.json")
-    parser.add_argument("--teacher-dtype", default="bf16", choices=sorted(DTYPES))
+    parser.add_argument("--teacher-dtype", default="bf16", choices=sorted(DTYPES),
+                        help="the dtype the teacher's parameters are held in: the run's "
+                             "model.teacher_param_dtype (jet-jax distill's default is float32; "
+                             "configs/distill_big_teacher.py uses bfloat16)")
     parser.add_argument("--grad-accum", type=int, default=1)
     parser.add_argument("--logits-chunk", type=int, default=0,
                         help="the run's loss.logits_chunk (0: whole [B, T, V] logits)")
