@@ -7,7 +7,9 @@
 JET_JAX_TEACHER picks the student shape of configs/teachers.py (qwen2.5-7b, qwen3-8b,
 qwen2.5-14b, qwen2.5-32b); `model.teacher` must point at that teacher's HF directory. The mesh
 and batch are placeholders: take the mesh `jet-jax plan --model jet-<teacher> --teacher
-<teacher> --remat --chip <chip> --chips <n>` recommends for your slice. Qwen3-8B needs the
+<teacher> --remat --chip <chip> --chips <n>` recommends for your slice, then check the whole
+run with `jet-jax plan --config configs/distill_big_teacher.py --set model.teacher=... --set
+'mesh.shape=...' --chip <chip>` (it plans this file's batch, dtypes, remat and loss chunking). Qwen3-8B needs the
 qwen3 model family (q/k norm) to load its weights.
 
 The frozen teacher is held in bf16 (`model.teacher_param_dtype`; the plan's `--teacher-dtype

@@ -1,6 +1,7 @@
 """`jet-jax plan` (memory plan from abstract shapes) and jet_jax_train.distributed (mesh, start-up)."""
 
 import os
+from pathlib import Path
 import time
 
 import jax
@@ -266,3 +267,65 @@ def test_gathered_weights_and_logits_chunk():
     c = plan_memory(TINY_JET, (1, 1, 1), batch_per_device=2, seq_len=16, teacher=None,
                     logits_chunk=4)
     assert c["bytes"]["logits"] * 4 == one["bytes"]["logits"]
+
+
+def test_plan_of_a_distill_config_is_the_run_distill_builds(tmp_path, capsys):
+    """`jet-jax plan --config`: the student is the one `run_distill` builds from the config's
+    teacher (its real construction path is the oracle), and every other setting reaches the
+    plan: the plan equals `plan_memory` called with the run's flags by hand."""
+    import json
+
+    import numpy as np
+
+    from jet_jax.cli import main
+    from jet_jax_configs import distill_tiny
+    from jet_jax_train.config import apply_overrides
+    from jet_jax_train.distill import load_teacher, student_layer_types
+    from jet_jax_train.plan import distill_run_args
+    from jet_jax_train.student import student_from_teacher
+
+    sets = ["data.seq_len=256", "data.batch_size=8", "mesh.shape=(2, -1, 1)", "model.remat=true",
+            "model.dtype=bfloat16", "model.teacher_param_dtype=bfloat16", "loss.logits_chunk=64",
+            "model.attention_implementation=chunked", "optimizer.grad_accum_steps=2",
+            "model.window_size=32"]
+    cfg = apply_overrides(distill_tiny.get_config(), sets)
+    kw = distill_run_args(cfg, chips=4)
+    teacher = load_teacher(cfg.model.teacher)
+    built = student_from_teacher(teacher, student_layer_types(cfg, teacher.config.num_hidden_layers),
+                                 jet=cfg.model.jet, window_size=cfg.model.window_size).config
+    assert kw["model"] == built and kw["teacher"] == teacher.config
+    assert kw["mesh"] == (2, 2, 1) and kw["batch_per_device"] == 2 and kw["notes"] == []
+
+    by_hand = plan_memory(built, "2,2,1", batch_per_device=2, seq_len=256, param_dtype="f32",
+                          dtype="bf16", remat=True, frozen_mlp=True, teacher=teacher.config,
+                          teacher_dtype="bf16", grad_accum=2, logits_chunk=64,
+                          attention_implementation="chunked")
+    config = str(Path(distill_tiny.__file__))
+    assert main(["plan", "--config", config, "--chips", "4", "--json"]
+                + [a for s in sets for a in ("--set", s)]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["bytes"] == by_hand["bytes"] and got["params_trainable"] == by_hand["params_trainable"]
+    # the teacher held in float32 (distill's default) doubles its row; nothing else moves
+    f32 = plan_memory(built, "2,2,1", batch_per_device=2, seq_len=256, dtype="bf16", remat=True,
+                      frozen_mlp=True, teacher=teacher.config, teacher_dtype="f32", grad_accum=2,
+                      logits_chunk=64, attention_implementation="chunked")
+    assert f32["bytes"]["teacher params"] == 2 * by_hand["bytes"]["teacher params"]
+    # optimizer.unfreeze_all: every parameter trains
+    free = distill_run_args(apply_overrides(cfg, ["optimizer.unfreeze_all=true"]), chips=4)
+    assert free["frozen_patterns"] == ()
+    np.testing.assert_equal(plan_memory(free.pop("model"), free.pop("mesh"),
+                                        **{k: v for k, v in free.items() if k != "notes"}
+                                        )["params_trainable"], by_hand["params_total"])
+
+    # one line, before any work, for what cannot be planned
+    for argv, needle in (
+            (["--config", config], "has a -1: give --chips"),
+            (["--config", config, "--chips", "3", "--set", "mesh.shape=(2, -1, 1)"], "not a multiple"),
+            (["--config", config, "--chips", "3"], "data.batch_size 8 does not split"),
+            (["--config", config, "--chips", "4", "--seq-len", "512"], "--seq-len: with --config"),
+            (["--config", config, "--chips", "4", "--set", "model.teacher=/nowhere"], "/nowhere"),
+            (["--model", "tiny-jet", "--mesh", "1,1,1", "--set", "data.seq_len=8"], "--set needs --config"),
+            ([], "give --model")):
+        assert main(["plan"] + argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and needle in err, (argv, err)

@@ -2,6 +2,8 @@
 
     jet-jax plan --model jet-nemotron-2b --mesh 1,256,1 [--batch-per-device 1 --seq-len 4096
                  --param-dtype f32 --dtype bf16 --opt adamw --remat --frozen-mlp --teacher auto]
+    jet-jax plan --config configs/distill_big_teacher.py --set model.teacher=preset:qwen2.5-7b \
+                 --chips 64 --chip tpu-v5p      # the run a distill config describes
 
 Nothing is allocated: the model is built with `nnx.eval_shape` (`jet_jax.convert.abstract_model`)
 and every parameter's per-device shard comes from its logical axis names through the same
@@ -259,7 +261,8 @@ def plan_memory(model: str | ModelConfig, mesh: Sequence[int] | str, *, batch_pe
                 teacher: str | ModelConfig | None = "auto", teacher_dtype="bf16",
                 grad_accum: int = 1, axis_names: Sequence[str] = MESH_AXES,
                 supernet: bool = False, chip: str | None = None,
-                logits_chunk: int = 0, attention_implementation: str = "xla") -> dict:
+                logits_chunk: int = 0, attention_implementation: str = "xla",
+                frozen_patterns: Sequence[str] | None = None) -> dict:
     """Per-device memory plan (bytes) from abstract shapes; see the module docstring.
 
     attention_implementation: the kernel the run's attention layers use (student and
@@ -268,6 +271,8 @@ def plan_memory(model: str | ModelConfig, mesh: Sequence[int] | str, *, batch_pe
     supernet: plan the PostNAS super-network built from `model`'s shapes instead (every layer
     the teacher's attention + a JetBlock of `model.jet`; only the JetBlocks train).
     chip: a key of CHIPS; adds the step-time estimate (`step_time_s`) and the HBM fit.
+    frozen_patterns: regexes over the flat parameter names that do not train (a distill
+    config's `optimizer.frozen`); given, they replace `frozen_mlp`'s set (FROZEN_PATTERNS).
     """
     from jet_jax_train.distributed import parse_mesh
     t0 = time.perf_counter()
@@ -300,7 +305,11 @@ def plan_memory(model: str | ModelConfig, mesh: Sequence[int] | str, *, batch_pe
         frozen_mlp = True
     else:
         rows = param_table(cfg, mesh_shape, pdt, axis_names)
-        trainable_rows = [r for r in rows if not (frozen_mlp and is_frozen(r["name"]))]
+        if frozen_patterns is not None:
+            frozen_mlp = bool(frozen_patterns)
+            trainable_rows = [r for r in rows if not is_frozen(r["name"], frozen_patterns)]
+        else:
+            trainable_rows = [r for r in rows if not (frozen_mlp and is_frozen(r["name"]))]
     total_params = sum(r["elements"] for r in rows)
     local = sum(r["shard_elements"] for r in rows)
     local_trainable = sum(r["shard_elements"] for r in trainable_rows)
@@ -549,10 +558,86 @@ def render(plan: dict, console=None) -> None:
     console.print(f"(planned from abstract shapes in {plan['seconds']:.1f} s; no weights allocated)")
 
 
+# --------------------------------------------------------------------------- a distill config
+# What "auto" attention runs on GPU and TPU today (jet_jax.ops.attention.VERIFIED): dense.
+AUTO_ATTENTION_ON_ACCELERATORS = "xla"
+_PLAN_DTYPE = {"float32": "f32", "bfloat16": "bf16"}
+
+
+def distill_run_args(cfg, chips: int | None = None) -> dict:
+    """The `plan_memory` arguments of the `jet-jax distill` run a TrainConfig describes (its
+    student, teacher, mesh, batch, dtypes, frozen parameters, remat, loss chunking, kernel):
+    {"model", "mesh", "teacher", **keywords, "notes": [what the plan does not cover]}.
+
+    The teacher is `model.teacher`: an HF directory (only its config.json is read) or
+    `preset:<name>` of configs/presets.py or configs/teachers.py (e.g. preset:qwen2.5-7b, to
+    plan a run before its checkpoint is on disk). A -1 in `mesh.shape` takes what `chips`
+    (the run's device count) leaves. ValueError (one line) on what cannot be planned."""
+    from jet_jax_train.distill import student_layer_types
+    from jet_jax_train.student import student_config
+
+    m = cfg.model
+    spec = m.teacher
+    if spec.startswith("preset:"):
+        tcfg = load_config(spec.split(":", 1)[1])
+    elif os.path.isfile(os.path.join(spec, "config.json")):
+        tcfg = ModelConfig.from_json_file(os.path.join(spec, "config.json"))
+    else:
+        raise ValueError(f"model.teacher {spec!r} is neither 'preset:<name>' nor a directory "
+                         "with a config.json (e.g. --set model.teacher=preset:qwen2.5-7b)")
+    student = student_config(tcfg, student_layer_types(cfg, tcfg.num_hidden_layers),
+                             jet=m.jet, window_size=m.window_size)
+    shape = list(cfg.mesh.shape)
+    if -1 in shape:
+        rest = math.prod(s for s in shape if s != -1)
+        if chips is None:
+            raise ValueError(f"mesh.shape {tuple(cfg.mesh.shape)} has a -1: give --chips (the "
+                             "run's device count) or a full mesh with --set mesh.shape=...")
+        if chips % rest:
+            raise ValueError(f"--chips {chips} is not a multiple of the mesh's other sizes ({rest})")
+        shape[shape.index(-1)] = chips // rest
+    elif chips is not None and chips != math.prod(shape):
+        raise ValueError(f"--chips {chips} but mesh.shape {tuple(shape)} has {math.prod(shape)} "
+                         "devices")
+    batch_shards = shape[0] * shape[1]  # the batch is split over (data, fsdp)
+    if cfg.data.batch_size % batch_shards:
+        raise ValueError(f"data.batch_size {cfg.data.batch_size} does not split over the "
+                         f"{batch_shards} data x fsdp devices of mesh {tuple(shape)}")
+    attention = m.attention_implementation
+    notes = []
+    if attention == "auto":
+        attention = AUTO_ATTENTION_ON_ACCELERATORS
+        notes.append("model.attention_implementation=auto planned as 'xla' (dense), what it "
+                     "runs on GPU and TPU today")
+    if cfg.loss.mse_weight > 0:
+        notes.append("loss.mse_weight > 0: the hidden states of every layer that the MSE loss "
+                     "reads are not in the plan")
+    opt = cfg.optimizer
+    return {"model": student, "mesh": tuple(shape), "teacher": tcfg,
+            "batch_per_device": cfg.data.batch_size // batch_shards,
+            "seq_len": cfg.data.seq_len, "param_dtype": "f32", "dtype": _PLAN_DTYPE[m.dtype],
+            "teacher_dtype": _PLAN_DTYPE[m.teacher_param_dtype], "opt": "adamw",
+            "remat": m.remat, "grad_accum": opt.grad_accum_steps,
+            "frozen_patterns": () if opt.unfreeze_all else tuple(opt.frozen),
+            "logits_chunk": cfg.loss.logits_chunk, "attention_implementation": attention,
+            "notes": notes}
+
+
 # --------------------------------------------------------------------------- CLI
+# The flags that describe the run; with --config the file describes it instead.
+RUN_FLAGS = ("model", "mesh", "supernet", "batch_per_device", "seq_len", "param_dtype", "dtype",
+             "opt", "remat", "frozen_mlp", "teacher", "teacher_dtype", "grad_accum",
+             "logits_chunk", "attention_implementation")
 def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True,
+    parser.add_argument("--model", default=None,
                         help="preset name (configs/presets.py) or HF config.json path")
+    parser.add_argument("--config", default=None,
+                        help="plan the run a `jet-jax distill` config file describes instead of "
+                             "--model and the run flags (its teacher: an HF directory's "
+                             "config.json, or preset:<name>)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="with --config: override one field, as "
+                        "`jet-jax distill --set` (repeatable)")
     parser.add_argument("--mesh", default=None,
                         help="data,fsdp,tensor sizes, e.g. 1,256,1 (or --chip + --chips)")
     parser.add_argument("--chip", default=None, choices=sorted(CHIPS),
@@ -587,7 +672,44 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
 
 
+def _config_plan(args: argparse.Namespace) -> dict:
+    """The plan of the distill run `args.config` (+ `args.overrides`) describes."""
+    from jet_jax_train.config import ConfigError, apply_overrides, load_config_file
+    defaults = argparse.ArgumentParser()
+    register(defaults)
+    changed = [f for f in RUN_FLAGS if getattr(args, f) != defaults.get_default(f)]
+    if changed:
+        flag = "--" + changed[0].replace("_", "-")
+        raise ValueError(f"{flag}: with --config the run's settings come from the file "
+                         "(change them with --set KEY=VALUE)")
+    try:
+        cfg = apply_overrides(load_config_file(args.config), args.overrides)
+    except ConfigError as e:
+        raise ValueError(str(e)) from None
+    kw = distill_run_args(cfg, args.chips)
+    notes = kw.pop("notes")
+    plan = plan_memory(kw.pop("model"), kw.pop("mesh"), chip=args.chip, **kw)
+    plan["notes"] = notes
+    return plan
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.config is None and args.model is None:
+        import sys
+        print("jet-jax plan: error: give --model (and the run flags) or --config", file=sys.stderr)
+        return 2
+    if args.config is not None:
+        try:
+            plan = _config_plan(args)
+        except (ValueError, KeyError, FileNotFoundError) as e:
+            import sys
+            print(f"jet-jax plan: error: {e}", file=sys.stderr)
+            return 2
+        return _show(plan, args.json)
+    if args.overrides:
+        import sys
+        print("jet-jax plan: error: --set needs --config", file=sys.stderr)
+        return 2
     kw = dict(batch_per_device=args.batch_per_device, seq_len=args.seq_len,
               param_dtype=args.param_dtype, dtype=args.dtype, opt=args.opt, remat=args.remat,
               frozen_mlp=args.frozen_mlp, teacher=args.teacher, teacher_dtype=args.teacher_dtype,
@@ -604,10 +726,16 @@ def run(args: argparse.Namespace) -> int:
         import sys
         print(f"jet-jax plan: error: {e}", file=sys.stderr)
         return 2
-    if args.json:
+    return _show(plan, args.json)
+
+
+def _show(plan: dict, as_json: bool) -> int:
+    if as_json:
         print(json.dumps({k: v for k, v in plan.items() if k != "param_rows"}, indent=2))
     else:
         render(plan)
+        for note in plan.get("notes", ()):
+            print(f"note: {note}")
     return 0
 
 
