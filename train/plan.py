@@ -628,6 +628,8 @@ def distill_run_args(cfg, chips: int | None = None) -> dict:
 RUN_FLAGS = ("model", "mesh", "supernet", "batch_per_device", "seq_len", "param_dtype", "dtype",
              "opt", "remat", "frozen_mlp", "teacher", "teacher_dtype", "grad_accum",
              "logits_chunk", "attention_implementation")
+
+
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None,
                         help="preset name (configs/presets.py) or HF config.json path")
