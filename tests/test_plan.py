@@ -320,7 +320,8 @@ def test_plan_of_a_distill_config_is_the_run_distill_builds(tmp_path, capsys):
     # one line, before any work, for what cannot be planned
     for argv, needle in (
             (["--config", config], "has a -1: give --chips"),
-            (["--config", config, "--chips", "3", "--set", "mesh.shape=(2, -1, 1)"], "not a multiple"),
+            (["--config", config, "--chips", "3", "--set", "mesh.shape=(2, -1, 1)"],
+             "3 devices are not divisible by the fixed axes' product 2"),
             (["--config", config, "--chips", "3"], "data.batch_size 8 does not split"),
             (["--config", config, "--chips", "4", "--seq-len", "512"], "--seq-len: with --config"),
             (["--config", config, "--chips", "4", "--set", "model.teacher=/nowhere"], "/nowhere"),

@@ -64,6 +64,7 @@ import functools
 import json
 import math
 import os
+import sys
 import time
 from typing import Any, Sequence
 
@@ -574,6 +575,7 @@ def distill_run_args(cfg, chips: int | None = None) -> dict:
     plan a run before its checkpoint is on disk). A -1 in `mesh.shape` takes what `chips`
     (the run's device count) leaves. ValueError (one line) on what cannot be planned."""
     from jet_jax_train.distill import student_layer_types
+    from jet_jax_train.distributed import resolve_mesh_shape
     from jet_jax_train.student import student_config
 
     m = cfg.model
@@ -587,18 +589,12 @@ def distill_run_args(cfg, chips: int | None = None) -> dict:
                          "with a config.json (e.g. --set model.teacher=preset:qwen2.5-7b)")
     student = student_config(tcfg, student_layer_types(cfg, tcfg.num_hidden_layers),
                              jet=m.jet, window_size=m.window_size)
-    shape = list(cfg.mesh.shape)
-    if -1 in shape:
-        rest = math.prod(s for s in shape if s != -1)
-        if chips is None:
-            raise ValueError(f"mesh.shape {tuple(cfg.mesh.shape)} has a -1: give --chips (the "
-                             "run's device count) or a full mesh with --set mesh.shape=...")
-        if chips % rest:
-            raise ValueError(f"--chips {chips} is not a multiple of the mesh's other sizes ({rest})")
-        shape[shape.index(-1)] = chips // rest
-    elif chips is not None and chips != math.prod(shape):
-        raise ValueError(f"--chips {chips} but mesh.shape {tuple(shape)} has {math.prod(shape)} "
-                         "devices")
+    shape = tuple(cfg.mesh.shape)
+    if chips is not None:
+        shape = resolve_mesh_shape(shape, chips)  # as the run resolves it on `chips` devices
+    elif -1 in shape:
+        raise ValueError(f"mesh.shape {shape} has a -1: give --chips (the run's device count) "
+                         "or a full mesh with --set mesh.shape=...")
     batch_shards = shape[0] * shape[1]  # the batch is split over (data, fsdp)
     if cfg.data.batch_size % batch_shards:
         raise ValueError(f"data.batch_size {cfg.data.batch_size} does not split over the "
@@ -613,7 +609,7 @@ def distill_run_args(cfg, chips: int | None = None) -> dict:
         notes.append("loss.mse_weight > 0: the hidden states of every layer that the MSE loss "
                      "reads are not in the plan")
     opt = cfg.optimizer
-    return {"model": student, "mesh": tuple(shape), "teacher": tcfg,
+    return {"model": student, "mesh": shape, "teacher": tcfg,
             "batch_per_device": cfg.data.batch_size // batch_shards,
             "seq_len": cfg.data.seq_len, "param_dtype": "f32", "dtype": _PLAN_DTYPE[m.dtype],
             "teacher_dtype": _PLAN_DTYPE[m.teacher_param_dtype], "opt": "adamw",
@@ -697,19 +693,16 @@ def _config_plan(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     if args.config is None and args.model is None:
-        import sys
         print("jet-jax plan: error: give --model (and the run flags) or --config", file=sys.stderr)
         return 2
     if args.config is not None:
         try:
             plan = _config_plan(args)
         except (ValueError, KeyError, FileNotFoundError) as e:
-            import sys
             print(f"jet-jax plan: error: {e}", file=sys.stderr)
             return 2
         return _show(plan, args.json)
     if args.overrides:
-        import sys
         print("jet-jax plan: error: --set needs --config", file=sys.stderr)
         return 2
     kw = dict(batch_per_device=args.batch_per_device, seq_len=args.seq_len,
@@ -725,7 +718,6 @@ def run(args: argparse.Namespace) -> int:
         else:
             plan = plan_memory(args.model, args.mesh, chip=args.chip, **kw)
     except (ValueError, KeyError, FileNotFoundError) as e:
-        import sys
         print(f"jet-jax plan: error: {e}", file=sys.stderr)
         return 2
     return _show(plan, args.json)
@@ -827,7 +819,6 @@ def scaling_markdown(rows: Sequence[dict]) -> str:
 
 
 if __name__ == "__main__":
-    import sys
     if sys.argv[1:] == ["--scaling-table"]:
         print(scaling_markdown(scaling_rows()))
     else:
