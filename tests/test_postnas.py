@@ -285,6 +285,60 @@ def test_attention_kernel_follows_the_teacher_through_supernet_and_subnets(teach
         PostNASConfig(attention_implementation="splash"), "pipeline")
 
 
+def test_teacher_param_dtype_holds_the_teacher_in_bfloat16(teacher, tmp_path):
+    """`teacher_param_dtype=bfloat16` (PostNAS setting): every way the pipeline gets its teacher
+    (a preset, an HF directory, the one it pre-trained) holds the parameters in bf16; the
+    super-network copies them into float32 (the f32 teacher's arrays are shared, not copied);
+    super-network training moves only by the teacher's bf16 rounding; a resume with the other
+    teacher dtype is refused, naming it; a bad value is refused in one line."""
+    from jet_jax.convert.hf import to_hf
+    from jet_jax_train.checkpointing import CheckpointError
+    from jet_jax_train.config import ConfigError
+    from jet_jax_train.postnas.config import PostNASConfig
+    from jet_jax_train.postnas.stages import get_teacher
+
+    def dtypes(model):
+        return {x.dtype.name for x in jax.tree.leaves(nnx.state(model, nnx.Param))}
+
+    half = dict(teacher_param_dtype="bfloat16")
+    t32 = get_teacher(PostNASConfig(teacher="preset:tiny-qwen2"), tmp_path)
+    t16 = get_teacher(PostNASConfig(teacher="preset:tiny-qwen2", **half), tmp_path)
+    assert dtypes(t32) == {"float32"} and dtypes(t16) == {"bfloat16"}
+    emb32, emb16 = t32.model.embed_tokens.embedding[...], t16.model.embed_tokens.embedding[...]
+    np.testing.assert_array_equal(emb16, emb32.astype(jnp.bfloat16))  # the same network, rounded
+    to_hf(teacher, tmp_path / "teacher")  # an HF directory, and the pre-trained teacher's path
+    assert dtypes(get_teacher(PostNASConfig(teacher=str(tmp_path / "teacher"), **half),
+                              tmp_path)) == {"bfloat16"}
+    assert dtypes(get_teacher(PostNASConfig(**half), tmp_path)) == {"bfloat16"}
+
+    held = nnx.clone(teacher)  # the fixture's teacher, held in bf16 (a copy)
+    nnx.update(held, jax.tree.map(lambda x: x.astype(jnp.bfloat16), nnx.state(held, nnx.Param)))
+    sup16 = SuperNetwork.from_teacher(held, "jet", enable_swa=True, seed=1)
+    sup32 = SuperNetwork.from_teacher(teacher, "jet", enable_swa=True, seed=1)
+    assert dtypes(sup16) == {"float32"}
+    w16 = sup16.model.layers[2].mlp.up_proj.kernel[...]
+    np.testing.assert_array_equal(
+        w16, teacher.model.layers[2].mlp.up_proj.kernel[...].astype(jnp.bfloat16).astype(jnp.float32))
+    assert sup32.model.layers[2].mlp.up_proj.kernel[...] is teacher.model.layers[2].mlp.up_proj.kernel[...]
+
+    def train(sup, t, run):
+        cfg = SupernetTrainConfig(steps=2, optimizer=OptimizerSection(lr=1e-2, warmup_steps=1),
+                                  log_every=1, checkpoint_dir=str(tmp_path / run),
+                                  save_interval_steps=1)
+        return train_supernet(sup, t, _data(), ChoiceSampler(4, SamplingConfig(budget=1, seed=0)),
+                              cfg)[1]
+
+    kl32 = [r["kl"] for r in train(sup32, teacher, "f32")]
+    kl16 = [r["kl"] for r in train(sup16, held, "bf16")]
+    assert kl16 != kl32
+    np.testing.assert_allclose(kl16, kl32, rtol=2e-3)  # KL ~2e-3 here; rounding moved it 2e-4 (rel.)
+    with pytest.raises(CheckpointError, match="teacher_param_dtype"):
+        train(SuperNetwork.from_teacher(teacher, "jet", enable_swa=True, seed=1), teacher, "bf16")
+    with pytest.raises(ConfigError) as e:
+        PostNASConfig(teacher_param_dtype="float16")
+    assert "\n" not in str(e.value) and "teacher_param_dtype" in str(e.value)
+
+
 def test_cli_parses_and_overrides():
     import argparse
     from jet_jax_train.postnas import cli

@@ -38,6 +38,10 @@ class PostNASConfig:
     teacher_layers: int | None = None      # override num_hidden_layers of the preset
     teacher_steps: int = 300
     teacher_lr: float = 3e-3
+    # dtype the frozen teacher's parameters are held in, "float32" or "bfloat16" (half the
+    # memory; the super-network copies its weights into float32, so the teacher's bf16
+    # rounding is all that changes); the teacher computes in float32 either way
+    teacher_param_dtype: str = "float32"
     # attention kernel of the teacher and of every model built from it (jet_jax.ops.attention;
     # "chunked" or "splash" (TPU) make it linear in seq_len; not "cudnn": rows pack documents)
     attention_implementation: str = "auto"
@@ -96,6 +100,9 @@ class PostNASConfig:
         bad = [b for b in (self.block, *self.blocks) if b not in ("jet", *MIXERS)]
         if bad:
             raise ConfigError(f"unknown linear block {bad[0]!r}; known: {['jet', *MIXERS]}")
+        if self.teacher_param_dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"teacher_param_dtype must be 'float32' or 'bfloat16', "
+                              f"got {self.teacher_param_dtype!r}")
         from jet_jax.ops.attention import IMPLEMENTATIONS
         choices = tuple(i for i in IMPLEMENTATIONS if i != "cudnn")
         if self.attention_implementation not in choices:

@@ -15,7 +15,9 @@ import json
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from jax.experimental.compilation_cache import compilation_cache
 
 from jet_jax.checkpoint_io import load_params, save_params
@@ -103,12 +105,15 @@ def get_teacher(cfg: PostNASConfig, out: Path):
     # Every model built from the teacher (super-network, sub-networks, students) runs its
     # attention kernel (SuperNetwork.from_teacher, extract_subnet).
     kernels = dict(attention_implementation=cfg.attention_implementation)
+    # Held in `teacher_param_dtype`; a teacher pre-trained here trains in float32 and is
+    # rounded when loaded back.
+    held = dict(param_dtype=jnp.dtype(cfg.teacher_param_dtype))
     if cfg.teacher:
         log(f"teacher: {cfg.teacher}")
-        t = load_teacher(cfg.teacher, seed=cfg.seed, **kernels)
+        t = load_teacher(cfg.teacher, seed=cfg.seed, **held, **kernels)
     elif (out / "teacher" / "config.json").exists():
         log(f"teacher: reusing {out / 'teacher'}")
-        t = from_hf(out / "teacher", **kernels)
+        t = from_hf(out / "teacher", **held, **kernels)
     else:
         tcfg = get_preset(cfg.teacher_preset)
         if cfg.teacher_layers:
@@ -117,7 +122,7 @@ def get_teacher(cfg: PostNASConfig, out: Path):
         log(f"teacher: pre-training {tcfg.describe()} for {cfg.teacher_steps} steps")
         t = pretrain_teacher(tcfg, data_config(cfg, seed_offset=100), steps=cfg.teacher_steps,
                              lr=cfg.teacher_lr, seed=cfg.seed, out_dir=out / "teacher", log=log,
-                             **kernels)
+                             **held, **kernels)
     # The linear-block shape and SWA window every stage builds from (a qwen2 config carries
     # them without using them).
     t.config = t.config.replace(jet=jet_config(cfg), window_size=cfg.window_size)
@@ -337,7 +342,13 @@ def stage_evaluation(cfg: PostNASConfig, out: Path, teacher, models: dict, block
     """Teacher scores and decode speed (the reference row) and the HF export of the searched
     student (JetBlock only: zoo blocks have no official checkpoint format)."""
     scores, se = suite.score_with_se(teacher)
-    dec = measure_decode_throughput(teacher, batch_size=cfg.decode_batch,
+    # Timed with float32 parameters, as the students are: a teacher held in bf16 would
+    # otherwise be timed with a different dtype (on CPU, with a bf16->f32 convert per weight).
+    timed = teacher
+    if cfg.teacher_param_dtype != "float32":
+        graphdef, params = nnx.split(teacher)
+        timed = nnx.merge(graphdef, jax.tree.map(lambda x: x.astype(jnp.float32), params))
+    dec = measure_decode_throughput(timed, batch_size=cfg.decode_batch,
                                     context=cfg.decode_context, steps=cfg.decode_steps)
     exported = None
     if block == "jet":

@@ -205,15 +205,21 @@ class SuperNetwork(nnx.Module):
             attention_implementation = teacher.model.layers[0].self_attn.implementation
         sup = cls(cfg, block, enable_swa=enable_swa, rngs=nnx.Rngs(seed), dtype=dtype,
                   param_dtype=param_dtype, attention_implementation=attention_implementation)
+        def copy(dst, src):
+            # Into the super-network's own dtype: a teacher held in bf16 gives float32 copies
+            # (same-dtype arrays are shared, not copied).
+            nnx.update(dst, jax.tree.map(lambda x: x.astype(jnp.dtype(param_dtype)),
+                                         nnx.state(src, nnx.Param)))
+
         tm, sm = teacher.model, sup.model
-        nnx.update(sm.embed_tokens, nnx.state(tm.embed_tokens))
-        nnx.update(sm.norm, nnx.state(tm.norm))
+        copy(sm.embed_tokens, tm.embed_tokens)
+        copy(sm.norm, tm.norm)
         if not cfg.tie_word_embeddings:
-            nnx.update(sup.lm_head, nnx.state(teacher.lm_head))
+            copy(sup.lm_head, teacher.lm_head)
         for sl, tl in zip(sm.layers, tm.layers):
             for name in ("input_layernorm", "post_attention_layernorm", "mlp"):
-                nnx.update(getattr(sl, name), nnx.state(getattr(tl, name)))
-            nnx.update(sl.attn, nnx.state(tl.self_attn))
+                copy(getattr(sl, name), getattr(tl, name))
+            copy(sl.attn, tl.self_attn)
         return sup
 
 

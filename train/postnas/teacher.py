@@ -11,7 +11,8 @@ from jet_jax.model import JetNemotronForCausalLM
 
 
 def load_teacher(spec: str, *, seed: int = 0, **model_options) -> JetNemotronForCausalLM:
-    """model_options: `JetNemotronForCausalLM` arguments (e.g. `attention_implementation`)."""
+    """model_options: `JetNemotronForCausalLM` arguments (e.g. `attention_implementation`) and
+    `param_dtype` (the dtype the teacher is held in)."""
     from jet_jax_train.distill import load_teacher as _load
     return _load(spec, seed=seed, **model_options)
 
@@ -19,8 +20,8 @@ def load_teacher(spec: str, *, seed: int = 0, **model_options) -> JetNemotronFor
 def pretrain_teacher(config, data_config, *, steps: int, lr: float, out_dir: str | os.PathLike,
                      seed: int = 0, warmup_steps: int = 20, log=print,
                      progress: str = "tqdm", **model_options) -> JetNemotronForCausalLM:
-    """Train `config` (all attention) from scratch, save it to `out_dir` (HF), return it
-    (built with `model_options`)."""
+    """Train `config` (all attention) from scratch in float32, save it to `out_dir` (HF),
+    return it (built with `model_options`, e.g. `param_dtype=jnp.bfloat16` to hold it rounded)."""
     from jet_jax.convert.hf import from_hf
     from jet_jax_train.pretrain import train_teacher
     if not all(t == "attn" for t in config.layer_types):

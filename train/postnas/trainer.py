@@ -135,12 +135,15 @@ def train_supernet(supernet, teacher, data: Iterator[Mapping[str, np.ndarray]],
     ckpt = None
     if cfg.checkpoint_dir:
         from jet_jax_train.checkpointing import TrainCheckpointer
+        fingerprint = {"postnas_supernet": getattr(supernet, "block", "student"),
+                       "layers": len(supernet.model.layers), "steps": cfg.steps,
+                       "lr": cfg.optimizer.lr,
+                       "sampling": repr(sampler.cfg) if sampler else None}
+        held = {x.dtype.name for x in teacher_params.values()}
+        if held != {"float32"}:  # (left out at float32: older checkpoints still resume)
+            fingerprint["teacher_param_dtype"] = ",".join(sorted(held))
         ckpt = TrainCheckpointer(cfg.checkpoint_dir, save_interval_steps=cfg.save_interval_steps,
-                                 config_fingerprint={
-                                     "postnas_supernet": getattr(supernet, "block", "student"),
-                                     "layers": len(supernet.model.layers), "steps": cfg.steps,
-                                     "lr": cfg.optimizer.lr,
-                                     "sampling": repr(sampler.cfg) if sampler else None})
+                                 config_fingerprint=fingerprint)
         if ckpt.latest_step() is not None:
             state, data_state, _ = ckpt.restore(step_obj.abstract_state())
             if hasattr(data, "set_state") and data_state:
