@@ -339,6 +339,73 @@ def test_teacher_param_dtype_holds_the_teacher_in_bfloat16(teacher, tmp_path):
     assert "\n" not in str(e.value) and "teacher_param_dtype" in str(e.value)
 
 
+def test_supernet_training_on_a_mesh_equals_one_device(teacher, monkeypatch, tmp_path):
+    """`mesh` (PostNAS setting, here (2, 2, 2) over the 8 test devices): super-network training
+    shards its step over the mesh and computes what one device computes (losses 1e-5, trained
+    weights 1e-4: only the order of the sharded sums differs); the trained super-network is
+    then scored like any other; a mesh the devices or the batch do not divide is refused in
+    one line before anything runs."""
+    from jet_jax_train.config import ConfigError
+    from jet_jax_train.postnas import trainer
+    from jet_jax_train.postnas.cli import preflight
+    from jet_jax_train.postnas.config import PostNASConfig
+
+    meshes = []
+    real_init = trainer.SupernetDistillStep.__post_init__
+
+    def spy(self):
+        meshes.append(dict(self.mesh.shape))
+        real_init(self)
+    monkeypatch.setattr(trainer.SupernetDistillStep, "__post_init__", spy)
+    pairs = _rows(16, 1)
+    batches = [{k: np.concatenate([a[k], b[k]]) for k in a} for a, b in zip(pairs[::2], pairs[1::2])]
+
+    def train(mesh_shape):
+        cfg = SupernetTrainConfig(steps=3, optimizer=OptimizerSection(lr=1e-2, warmup_steps=1),
+                                  log_every=1, mesh_shape=mesh_shape)
+        sup = SuperNetwork.from_teacher(teacher, "jet", enable_swa=True, seed=1)
+        return train_supernet(sup, teacher, iter(batches), ChoiceSampler(4, SamplingConfig(budget=1, seed=0)),
+                              cfg)
+
+    one, hist1 = train(None)
+    many, hist8 = train((2, 2, 2))
+    assert meshes == [{"data": 1, "fsdp": 1, "tensor": 1}, {"data": 2, "fsdp": 2, "tensor": 2}]
+    for key in ("loss", "kl"):
+        np.testing.assert_allclose([h[key] for h in hist8], [h[key] for h in hist1], rtol=1e-5, atol=1e-7)
+    lin1, lin8 = (nnx.state(m, nnx.All(nnx.Param, nnx.PathContains("linear"))) for m in (one, many))
+    moved = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))), lin1,
+                         nnx.state(SuperNetwork.from_teacher(teacher, "jet", enable_swa=True, seed=1),
+                                   nnx.All(nnx.Param, nnx.PathContains("linear"))))
+    assert max(jax.tree.leaves(moved)) > 1e-2  # the steps trained (lr 1e-2)
+    # Adam divides by the gradient's RMS, so a rounding-sized gradient difference can move a
+    # weight by up to ~1e-4 (2e-5 seen) against the ~1e-2 the steps moved it
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4, rtol=0), lin8, lin1)
+    suite = TaskSuite(teacher=teacher, lm_batches=_lm_rows(1, 5), mqar_batches=_rows(2, 9))
+    choice = np.array([ATTN, LINEAR, LINEAR, LINEAR])
+    np.testing.assert_allclose(suite.score(extract_subnet(many, layer_types_from_choice(choice, "jet")))["kl"],
+                               suite.score(extract_subnet(one, layer_types_from_choice(choice, "jet")))["kl"],
+                               rtol=1e-4)
+
+    # every training stage gets the setting: the super-network's, and the candidates' and
+    # finals' (`train_cfg`)
+    from jet_jax_train.postnas import stages
+    seen = []
+    monkeypatch.setattr(stages, "train_supernet",
+                        lambda sup, t, data, sampler, tcfg, **kw: (seen.append(tcfg.mesh_shape), (sup, []))[1])
+    on_mesh = PostNASConfig(teacher="preset:tiny-qwen2", mesh=(2, 2, 2), batch_size=8,
+                            supernet_steps=1)
+    stages.stage_supernet(on_mesh, tmp_path, stages.get_teacher(on_mesh, tmp_path))
+    assert seen == [(2, 2, 2)] and stages.train_cfg(on_mesh, 1, 1e-3, False).mesh_shape == (2, 2, 2)
+    assert preflight(on_mesh, "pipeline") is None
+    assert "needs 3 devices but 8 are available" in preflight(
+        PostNASConfig(teacher="preset:tiny-qwen2", mesh=(3, 1, 1)), "pipeline")
+    assert preflight(PostNASConfig(teacher="preset:tiny-qwen2", mesh=(4, -1, 1), batch_size=6),
+                     "pipeline") == ("batch_size 6 is not divisible by the mesh's data x fsdp = 8 "
+                                     "(mesh (4, -1, 1))")
+    with pytest.raises(ConfigError, match=r"mesh must be 3 positive sizes"):
+        PostNASConfig(mesh=(0, 1, 1))
+
+
 def test_cli_parses_and_overrides():
     import argparse
     from jet_jax_train.postnas import cli

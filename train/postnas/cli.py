@@ -66,7 +66,8 @@ def _config(args) -> PostNASConfig:
 
 def preflight(cfg: PostNASConfig, stage: str) -> str | None:
     """What would make `stage` fail on these settings before it trains anything (a kernel this
-    backend lacks, a missing teacher, an unknown preset, a missing earlier stage), or None. Checked before the output
+    backend lacks, a missing teacher, an unknown preset, a mesh the devices or the batch do
+    not divide, a missing earlier stage), or None. Checked before the output
     directory is created."""
     from jet_jax.ops.attention import backend_problem
     from jet_jax.presets import PRESETS
@@ -79,6 +80,17 @@ def preflight(cfg: PostNASConfig, stage: str) -> str | None:
         else None if cfg.teacher else cfg.teacher_preset
     if preset is not None and preset not in PRESETS:
         return f"unknown preset {preset!r}; available: {sorted(PRESETS)}"
+    if tuple(cfg.mesh) != (1, 1, 1):
+        import jax
+
+        from jet_jax_train.distributed import resolve_mesh_shape
+        try:
+            data, fsdp, _ = resolve_mesh_shape(cfg.mesh, jax.device_count())
+        except ValueError as e:
+            return f"mesh: {e}"
+        if cfg.batch_size % (data * fsdp):
+            return (f"batch_size {cfg.batch_size} is not divisible by the mesh's data x fsdp = "
+                    f"{data * fsdp} (mesh {tuple(cfg.mesh)})")
     out = Path(cfg.output_dir)
     if stage == "search" and not (out / "supernet" / "supernet.json").exists():
         return f"no super-network in {out / 'supernet'}; run `jet-jax postnas supernet` first"

@@ -60,6 +60,10 @@ class PostNASConfig:
     shakespeare_weight: float = 1.0
     copy: CopyConfig | None = None     # adds the copy task to training + eval, e.g. {'span': 24}
     copy_weight: float = 1.0
+    # (data, fsdp, tensor) device mesh of every training stage (super-network, block and
+    # hardware candidates, finals); one -1 takes the remaining devices. The default is one
+    # device. Scoring and decode timings run on one device.
+    mesh: tuple[int, int, int] = (1, 1, 1)
     # super-network training
     supernet_steps: int = 200
     supernet_lr: float = 3e-3
@@ -108,6 +112,10 @@ class PostNASConfig:
         if self.attention_implementation not in choices:
             raise ConfigError(f"attention_implementation: {self.attention_implementation!r} is not "
                               f"one of {', '.join(choices)} ('cudnn' cannot mask packed documents)")
+        if len(self.mesh) != 3 or list(self.mesh).count(-1) > 1 or any(
+                s == 0 or s < -1 for s in self.mesh):
+            raise ConfigError(f"mesh must be 3 positive sizes (data, fsdp, tensor; one may be "
+                              f"-1), got {self.mesh}")
         if self.sampling_rule not in RULES:
             raise ConfigError(f"sampling_rule must be one of {RULES}, got {self.sampling_rule!r}")
         for lowest, names in ((0, _COUNTS), (1, _SIZES)):

@@ -92,7 +92,7 @@ def jet_config(cfg: PostNASConfig) -> JetBlockConfig:
 def train_cfg(cfg: PostNASConfig, steps: int, lr: float, train_attention: bool) -> SupernetTrainConfig:
     return SupernetTrainConfig(steps=steps, optimizer=OptimizerSection(lr=lr, warmup_steps=min(10, steps // 4)),
                                loss=LossSection(), train_attention=train_attention,
-                               log_every=max(1, steps // 5))
+                               log_every=max(1, steps // 5), mesh_shape=tuple(cfg.mesh))
 
 
 def throughput_config(cfg: PostNASConfig) -> ThroughputConfig:
@@ -194,7 +194,7 @@ def stage_supernet(cfg: PostNASConfig, out: Path, teacher):
         loss=LossSection(), train_attention=cfg.train_attention,
         log_every=max(1, cfg.supernet_steps // 10),
         checkpoint_dir=str((out / "supernet_ckpt").absolute()),
-        save_interval_steps=max(1, cfg.supernet_steps // 4))
+        save_interval_steps=max(1, cfg.supernet_steps // 4), mesh_shape=tuple(cfg.mesh))
     log(f"super-network: {sup.num_layers} layers x (attention + {cfg.block}), "
         f"{cfg.supernet_steps} steps, sampling {cfg.sampling_rule} k={cfg.budget}")
     sup, hist = train_supernet(sup, teacher, train_data(cfg), sampler, tcfg,

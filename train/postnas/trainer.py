@@ -23,6 +23,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jet_jax.sharding import make_mesh
 from jet_jax_train.config import LossSection, OptimizerSection
+from jet_jax_train.distributed import mesh_from_config
 from jet_jax_train.flat_model import FlatModel
 from jet_jax_train.loop import TrainLoop
 from jet_jax_train.postnas.sampling import ChoiceSampler
@@ -74,7 +75,8 @@ class SupernetDistillStep(DistillStep):
 @dataclasses.dataclass(frozen=True)
 class SupernetTrainConfig:
     """steps: optimizer steps; train_attention: also train the attention paths (default frozen,
-    as in the paper's search stage); log_every: history granularity."""
+    as in the paper's search stage); log_every: history granularity; mesh_shape: the devices
+    the step is sharded over (the batch over data x fsdp, parameters by their logical axes)."""
 
     steps: int = 100
     optimizer: OptimizerSection = OptimizerSection(lr=3e-3, warmup_steps=10)
@@ -83,6 +85,8 @@ class SupernetTrainConfig:
     log_every: int = 10
     checkpoint_dir: str | None = None
     save_interval_steps: int = 100
+    # (data, fsdp, tensor) mesh over this process's devices (one -1 allowed); None: one device
+    mesh_shape: tuple[int, int, int] | None = None
 
 
 def single_device_mesh():
@@ -117,7 +121,9 @@ def train_supernet(supernet, teacher, data: Iterator[Mapping[str, np.ndarray]],
     if is_super and sampler.num_layers != supernet.num_layers:
         raise ValueError(f"sampler is for {sampler.num_layers} layers, super-network has "
                          f"{supernet.num_layers}")
-    mesh = single_device_mesh() if mesh is None else mesh
+    if mesh is None:
+        mesh = (mesh_from_config(cfg.mesh_shape) if cfg.mesh_shape is not None
+                else single_device_mesh())
     if is_super:
         frozen = frozen_patterns(cfg.optimizer.frozen, cfg.train_attention)
     else:
