@@ -62,7 +62,7 @@ def output_logits(model, h: jax.Array) -> jax.Array:
                      "activation_vocab")
 
 
-def _constrain_h(h: jax.Array) -> jax.Array:
+def constrain_residual(h: jax.Array) -> jax.Array:
     """The residual stream [B, T, D] stays batch-sharded (under `step_mesh`)."""
     return constrain(h, "activation_batch", "activation_length", "activation_embed")
 
@@ -237,7 +237,7 @@ class JetNemotronForCausalLM(nnx.Module):
             if cache is not None:
                 raise ValueError("positions are required when decoding with a cache")
             positions = default_positions(input_ids, segment_ids)
-        h = _constrain_h(embed_lookup(self.model.embed_tokens, input_ids))
+        h = constrain_residual(embed_lookup(self.model.embed_tokens, input_ids))
         hidden = [h]
         entry_of = {i: k for k, (_, layers) in enumerate(entries) for i in layers}
         new_cache = None if cache is None else list(cache)
@@ -249,7 +249,7 @@ class JetNemotronForCausalLM(nnx.Module):
 
         def run_layer(layer, h, positions, segment_ids, layer_cache):
             h, c = layer(h, positions=positions, segment_ids=segment_ids, cache=layer_cache)
-            return _constrain_h(h), c
+            return constrain_residual(h), c
 
         if self.remat and cache is None:
             run_layer = nnx.remat(run_layer)
@@ -272,7 +272,7 @@ class JetNemotronForCausalLM(nnx.Module):
                 new_cache[k] = c
             if return_hidden_states:
                 hidden.extend(hs)
-        h = _constrain_h(self.model.norm(h[:, -1:] if last_only else h))
+        h = constrain_residual(self.model.norm(h[:, -1:] if last_only else h))
         logits = self.logits_from_hidden(h) if head else h
         if cache is not None:
             return logits, new_cache
@@ -318,7 +318,7 @@ class JetNemotronForCausalLM(nnx.Module):
             layer_cache = None if cache is None else jax.tree.map(
                 lambda c: jax.lax.dynamic_index_in_dim(c, i, 0, keepdims=False), cache)
             h, new = layer(h, positions=positions, segment_ids=segment_ids, cache=layer_cache)
-            h = _constrain_h(h)
+            h = constrain_residual(h)
             if cache is not None:
                 new = _written_after(new, h)
                 cache = jax.tree.map(lambda c, u: jax.lax.dynamic_update_index_in_dim(c, u, i, 0),

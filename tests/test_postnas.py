@@ -15,7 +15,7 @@ from jet_jax_configs.presets import TINY_QWEN2
 from jet_jax.config import JetBlockConfig
 from jet_jax.evaluation import MCExample
 from jet_jax.model import JetNemotronForCausalLM
-from jet_jax_train.config import OptimizerSection
+from jet_jax_train.config import LossSection, OptimizerSection
 from jet_jax_train.data import MQARConfig
 from jet_jax_train.data.mqar import make_mqar_example
 from jet_jax_train.data.packing import finalize_row, lm_example
@@ -304,12 +304,14 @@ def test_teacher_param_dtype_holds_the_teacher_in_bfloat16(teacher, tmp_path):
     t32 = get_teacher(PostNASConfig(teacher="preset:tiny-qwen2"), tmp_path)
     t16 = get_teacher(PostNASConfig(teacher="preset:tiny-qwen2", **half), tmp_path)
     assert dtypes(t32) == {"float32"} and dtypes(t16) == {"bfloat16"}
+    assert t16.model.embed_tokens.dtype == jnp.float32  # held in bf16, computes in float32
     emb32, emb16 = t32.model.embed_tokens.embedding[...], t16.model.embed_tokens.embedding[...]
     np.testing.assert_array_equal(emb16, emb32.astype(jnp.bfloat16))  # the same network, rounded
     to_hf(teacher, tmp_path / "teacher")  # an HF directory, and the pre-trained teacher's path
     assert dtypes(get_teacher(PostNASConfig(teacher=str(tmp_path / "teacher"), **half),
                               tmp_path)) == {"bfloat16"}
-    assert dtypes(get_teacher(PostNASConfig(**half), tmp_path)) == {"bfloat16"}
+    reused = get_teacher(PostNASConfig(**half), tmp_path)
+    assert dtypes(reused) == {"bfloat16"} and reused.model.embed_tokens.dtype == jnp.float32
 
     held = nnx.clone(teacher)  # the fixture's teacher, held in bf16 (a copy)
     nnx.update(held, jax.tree.map(lambda x: x.astype(jnp.bfloat16), nnx.state(held, nnx.Param)))
@@ -337,6 +339,45 @@ def test_teacher_param_dtype_holds_the_teacher_in_bfloat16(teacher, tmp_path):
     with pytest.raises(ConfigError) as e:
         PostNASConfig(teacher_param_dtype="float16")
     assert "\n" not in str(e.value) and "teacher_param_dtype" in str(e.value)
+
+
+def test_bfloat16_compute_reaches_every_model_built_from_the_teacher(tmp_path):
+    """`dtype=bfloat16` (PostNAS setting): the teacher computes in bf16 with float32
+    parameters, the super-network and its sub-networks inherit the compute dtype (parameters
+    stay float32), logits stay float32, and super-network training follows the float32 run
+    within bf16 rounding."""
+    from jet_jax_train.config import ConfigError
+    from jet_jax_train.postnas.config import PostNASConfig
+    from jet_jax_train.postnas.stages import get_teacher
+
+    def params(model):
+        return {x.dtype.name for x in jax.tree.leaves(nnx.state(model, nnx.Param))}
+
+    small = dict(teacher="preset:tiny-qwen2")  # 4 layers
+    t16 = get_teacher(PostNASConfig(**small, dtype="bfloat16"), tmp_path)
+    t32 = get_teacher(PostNASConfig(**small), tmp_path)
+    assert t16.model.embed_tokens.dtype == jnp.bfloat16 and params(t16) == {"float32"}
+    sup16 = SuperNetwork.from_teacher(t16, "jet", enable_swa=True, seed=1)
+    sup32 = SuperNetwork.from_teacher(t32, "jet", enable_swa=True, seed=1)
+    assert sup16.model.embed_tokens.dtype == jnp.bfloat16 and params(sup16) == {"float32"}
+    sub = extract_subnet(sup16, ("attn", "jet", "jet", "swa"))
+    assert sub.model.embed_tokens.dtype == jnp.bfloat16 and params(sub) == {"float32"}
+    ids = jnp.arange(2 * T).reshape(2, T) % 256
+    l16, l32 = sub(ids), extract_subnet(sup32, ("attn", "jet", "jet", "swa"))(ids)
+    assert l16.dtype == jnp.float32
+    assert 0 < float(jnp.max(jnp.abs(l16 - l32))) < 0.05 * float(jnp.max(jnp.abs(l32)))
+
+    def train(sup, teacher):
+        cfg = SupernetTrainConfig(steps=2, optimizer=OptimizerSection(lr=1e-2, warmup_steps=1),
+                                  log_every=1)
+        return [h["loss"] for h in train_supernet(sup, teacher, _data(), ChoiceSampler(
+            4, SamplingConfig(budget=1, seed=0)), cfg)[1]]
+
+    loss16, loss32 = train(sup16, t16), train(sup32, t32)
+    assert np.isfinite(loss16).all() and loss16 != loss32
+    np.testing.assert_allclose(loss16, loss32, rtol=0.02)  # 1.2e-3 seen
+    with pytest.raises(ConfigError, match="dtype must be 'float32' or 'bfloat16'"):
+        PostNASConfig(dtype="float16")
 
 
 def test_supernet_training_on_a_mesh_equals_one_device(teacher, monkeypatch, tmp_path):
@@ -367,7 +408,7 @@ def test_supernet_training_on_a_mesh_equals_one_device(teacher, monkeypatch, tmp
         return train_supernet(sup, teacher, iter(batches), ChoiceSampler(4, SamplingConfig(budget=1, seed=0)),
                               cfg)
 
-    one, hist1 = train(None)
+    one, hist1 = train((1, 1, 1))  # the default: one device, though the test has 8
     many, hist8 = train((2, 2, 2))
     assert meshes == [{"data": 1, "fsdp": 1, "tensor": 1}, {"data": 2, "fsdp": 2, "tensor": 2}]
     for key in ("loss", "kl"):
@@ -391,11 +432,13 @@ def test_supernet_training_on_a_mesh_equals_one_device(teacher, monkeypatch, tmp
     from jet_jax_train.postnas import stages
     seen = []
     monkeypatch.setattr(stages, "train_supernet",
-                        lambda sup, t, data, sampler, tcfg, **kw: (seen.append(tcfg.mesh_shape), (sup, []))[1])
+                        lambda sup, t, data, sampler, tcfg, **kw: (
+                            seen.append((tcfg.mesh_shape, tcfg.remat, tcfg.loss.logits_chunk)), (sup, []))[1])
     on_mesh = PostNASConfig(teacher="preset:tiny-qwen2", mesh=(2, 2, 2), batch_size=8,
-                            supernet_steps=1)
+                            supernet_steps=1, remat=True, logits_chunk=16)
     stages.stage_supernet(on_mesh, tmp_path, stages.get_teacher(on_mesh, tmp_path))
-    assert seen == [(2, 2, 2)] and stages.train_cfg(on_mesh, 1, 1e-3, False).mesh_shape == (2, 2, 2)
+    assert seen == [((2, 2, 2), True, 16)]
+    assert stages.train_cfg(on_mesh, 1, 1e-3, False).mesh_shape == (2, 2, 2)
     assert preflight(on_mesh, "pipeline") is None
     assert "needs 3 devices but 8 are available" in preflight(
         PostNASConfig(teacher="preset:tiny-qwen2", mesh=(3, 1, 1)), "pipeline")
@@ -404,6 +447,48 @@ def test_supernet_training_on_a_mesh_equals_one_device(teacher, monkeypatch, tmp
                                      "(mesh (4, -1, 1))")
     with pytest.raises(ConfigError, match=r"mesh must be 3 positive sizes"):
         PostNASConfig(mesh=(0, 1, 1))
+
+
+def test_supernet_remat_and_logits_chunk_train_the_same(teacher, monkeypatch):
+    """`remat` and `logits_chunk` (PostNAS settings, for memory): the super-network's layers
+    are rematerialised and the KL is computed 8 positions at a time, and the losses (1e-5) and
+    trained weights (1e-4, see the mesh test) are those of the plain step; both reach every
+    training stage through `train_cfg` and the super-network stage."""
+    from jet_jax_train.postnas import stages, trainer
+    from jet_jax_train.postnas.config import PostNASConfig
+
+    chunks, remats = [], []
+    real_init, real_remat = trainer.SupernetDistillStep.__post_init__, nnx.remat
+
+    def spy_init(self):
+        real_init(self)
+        chunks.append(self.logits_chunk)
+
+    def spy_remat(fn, *a, **kw):
+        remats.append(fn.__name__)
+        return real_remat(fn, *a, **kw)
+    monkeypatch.setattr(trainer.SupernetDistillStep, "__post_init__", spy_init)
+    monkeypatch.setattr(nnx, "remat", spy_remat)
+
+    def train(**kw):
+        cfg = SupernetTrainConfig(steps=2, optimizer=OptimizerSection(lr=1e-2, warmup_steps=1),
+                                  log_every=1, **kw)
+        sup = SuperNetwork.from_teacher(teacher, "jet", enable_swa=True, seed=1)
+        out = train_supernet(sup, teacher, _data(), ChoiceSampler(4, SamplingConfig(budget=1, seed=0)),
+                             cfg)
+        assert not sup.remat  # the caller's module is left as it was
+        return out
+
+    plain, hist = train()
+    assert remats == []
+    lean, hist_lean = train(remat=True, loss=LossSection(logits_chunk=8))
+    assert chunks == [0, 8] and remats and set(remats) == {"run_layer"}
+    for key in ("loss", "kl"):
+        np.testing.assert_allclose([h[key] for h in hist_lean], [h[key] for h in hist], rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4, rtol=0),
+                 nnx.state(lean, nnx.Param), nnx.state(plain, nnx.Param))
+    tc = stages.train_cfg(PostNASConfig(remat=True, logits_chunk=64), 1, 1e-3, False)
+    assert tc.remat and tc.loss.logits_chunk == 64
 
 
 def test_cli_parses_and_overrides():

@@ -155,18 +155,20 @@ class DistillStep:
         return jax.block_until_ready(jax.device_put(dict(teacher_params), self.teacher_shardings))
 
     # ---------------------------------------------------------------- math
-    def _forward(self, flat: FlatModel, params, batch, hidden: bool, head: bool = True):
-        model = flat.merge(params)
+    def _apply(self, flat: FlatModel, model, batch, hidden: bool, head: bool):
+        """`model` (merged from `flat`) on `batch`; the one place a model is called."""
         return model(batch["input_ids"], batch["segment_ids"], batch["positions"],
                      return_hidden_states=hidden, head=head)
+
+    def _forward(self, flat: FlatModel, params, batch, hidden: bool, head: bool = True):
+        return self._apply(flat, flat.merge(params), batch, hidden, head)
 
     def _loss_forward(self, flat: FlatModel, params, batch, hidden: bool):
         """The outputs the loss reads; with `logits_chunk`, final hidden states + the head."""
         if not self.logits_chunk:
             return self._forward(flat, params, batch, hidden), None
         model = flat.merge(params)
-        out = model(batch["input_ids"], batch["segment_ids"], batch["positions"],
-                    return_hidden_states=hidden, head=False)
+        out = self._apply(flat, model, batch, hidden, head=False)
         # FSDP gathers the head's weight (its embed dim) once here; left to XLA, every chunk
         # loop and its remat pass gathered its own whole copy (4 live [D, V] copies measured).
         if model.config.tie_word_embeddings:

@@ -42,6 +42,10 @@ class PostNASConfig:
     # memory; the super-network copies its weights into float32, so the teacher's bf16
     # rounding is all that changes); the teacher computes in float32 either way
     teacher_param_dtype: str = "float32"
+    # compute dtype of the teacher and of every model built from it ("float32" or "bfloat16":
+    # half the activation memory and the accelerators' fast matmuls); parameters, optimizer
+    # state and the losses stay float32
+    dtype: str = "float32"
     # attention kernel of the teacher and of every model built from it (jet_jax.ops.attention;
     # "chunked" or "splash" (TPU) make it linear in seq_len; not "cudnn": rows pack documents)
     attention_implementation: str = "auto"
@@ -64,6 +68,10 @@ class PostNASConfig:
     # hardware candidates, finals); one -1 takes the remaining devices. The default is one
     # device. Scoring and decode timings run on one device.
     mesh: tuple[int, int, int] = (1, 1, 1)
+    # memory of the training stages: recompute each layer in the backward pass; > 0: KL/CE
+    # over this many positions at a time, so [B, T, vocab] float32 logits never exist whole
+    remat: bool = False
+    logits_chunk: int = 0
     # super-network training
     supernet_steps: int = 200
     supernet_lr: float = 3e-3
@@ -104,9 +112,10 @@ class PostNASConfig:
         bad = [b for b in (self.block, *self.blocks) if b not in ("jet", *MIXERS)]
         if bad:
             raise ConfigError(f"unknown linear block {bad[0]!r}; known: {['jet', *MIXERS]}")
-        if self.teacher_param_dtype not in ("float32", "bfloat16"):
-            raise ConfigError(f"teacher_param_dtype must be 'float32' or 'bfloat16', "
-                              f"got {self.teacher_param_dtype!r}")
+        for key in ("teacher_param_dtype", "dtype"):
+            if getattr(self, key) not in ("float32", "bfloat16"):
+                raise ConfigError(f"{key} must be 'float32' or 'bfloat16', "
+                                  f"got {getattr(self, key)!r}")
         from jet_jax.ops.attention import IMPLEMENTATIONS
         choices = tuple(i for i in IMPLEMENTATIONS if i != "cudnn")
         if self.attention_implementation not in choices:
@@ -116,6 +125,8 @@ class PostNASConfig:
                 s == 0 or s < -1 for s in self.mesh):
             raise ConfigError(f"mesh must be 3 positive sizes (data, fsdp, tensor; one may be "
                               f"-1), got {self.mesh}")
+        if isinstance(self.logits_chunk, int) and self.logits_chunk < 0:
+            raise ConfigError(f"logits_chunk must be >= 0, got {self.logits_chunk}")
         if self.sampling_rule not in RULES:
             raise ConfigError(f"sampling_rule must be one of {RULES}, got {self.sampling_rule!r}")
         for lowest, names in ((0, _COUNTS), (1, _SIZES)):

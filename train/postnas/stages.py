@@ -91,8 +91,9 @@ def jet_config(cfg: PostNASConfig) -> JetBlockConfig:
 
 def train_cfg(cfg: PostNASConfig, steps: int, lr: float, train_attention: bool) -> SupernetTrainConfig:
     return SupernetTrainConfig(steps=steps, optimizer=OptimizerSection(lr=lr, warmup_steps=min(10, steps // 4)),
-                               loss=LossSection(), train_attention=train_attention,
-                               log_every=max(1, steps // 5), mesh_shape=tuple(cfg.mesh))
+                               loss=LossSection(logits_chunk=cfg.logits_chunk),
+                               train_attention=train_attention, log_every=max(1, steps // 5),
+                               mesh_shape=tuple(cfg.mesh), remat=cfg.remat)
 
 
 def throughput_config(cfg: PostNASConfig) -> ThroughputConfig:
@@ -103,11 +104,11 @@ def throughput_config(cfg: PostNASConfig) -> ThroughputConfig:
 def get_teacher(cfg: PostNASConfig, out: Path):
     from jet_jax_train.postnas.teacher import load_teacher, pretrain_teacher
     # Every model built from the teacher (super-network, sub-networks, students) runs its
-    # attention kernel (SuperNetwork.from_teacher, extract_subnet).
+    # attention kernel and computes in its dtype (SuperNetwork.from_teacher, extract_subnet).
     kernels = dict(attention_implementation=cfg.attention_implementation)
     # Held in `teacher_param_dtype`; a teacher pre-trained here trains in float32 and is
     # rounded when loaded back.
-    held = dict(param_dtype=jnp.dtype(cfg.teacher_param_dtype))
+    held = dict(param_dtype=jnp.dtype(cfg.teacher_param_dtype), dtype=jnp.dtype(cfg.dtype))
     if cfg.teacher:
         log(f"teacher: {cfg.teacher}")
         t = load_teacher(cfg.teacher, seed=cfg.seed, **held, **kernels)
@@ -191,10 +192,11 @@ def stage_supernet(cfg: PostNASConfig, out: Path, teacher):
         rule=cfg.sampling_rule, budget=cfg.budget, swa_budget=cfg.swa_budget, seed=cfg.seed))
     tcfg = SupernetTrainConfig(
         steps=cfg.supernet_steps, optimizer=OptimizerSection(lr=cfg.supernet_lr, warmup_steps=10),
-        loss=LossSection(), train_attention=cfg.train_attention,
+        loss=LossSection(logits_chunk=cfg.logits_chunk), train_attention=cfg.train_attention,
         log_every=max(1, cfg.supernet_steps // 10),
         checkpoint_dir=str((out / "supernet_ckpt").absolute()),
-        save_interval_steps=max(1, cfg.supernet_steps // 4), mesh_shape=tuple(cfg.mesh))
+        save_interval_steps=max(1, cfg.supernet_steps // 4), mesh_shape=tuple(cfg.mesh),
+        remat=cfg.remat)
     log(f"super-network: {sup.num_layers} layers x (attention + {cfg.block}), "
         f"{cfg.supernet_steps} steps, sampling {cfg.sampling_rule} k={cfg.budget}")
     sup, hist = train_supernet(sup, teacher, train_data(cfg), sampler, tcfg,

@@ -30,8 +30,8 @@ from jet_jax.layers.attention import Attention
 from jet_jax.layers.decoder import make_mixer
 from jet_jax.layers.mlp import MLP
 from jet_jax.layers.norms import RMSNorm
-from jet_jax.model import (JetNemotronForCausalLM, default_positions, embed_lookup, make_lm_head,
-                           make_token_embedding, output_logits)
+from jet_jax.model import (JetNemotronForCausalLM, constrain_residual, default_positions,
+                           embed_lookup, make_lm_head, make_token_embedding, output_logits)
 
 LINEAR, ATTN, SWA = 0, 1, 2
 
@@ -137,13 +137,14 @@ class SuperNetwork(nnx.Module):
 
     def __init__(self, config: ModelConfig, block: str = "jet", *, enable_swa: bool = False,
                  rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32,
-                 attention_implementation: str = "auto"):
+                 attention_implementation: str = "auto", remat: bool = False):
         if block not in linear_block_names():
             raise ValueError(f"unknown linear block {block!r}; valid: {linear_block_names()}")
         self.config = config
         self.block = block
         self.enable_swa = enable_swa
         self.attention_implementation = attention_implementation
+        self.remat = remat  # recompute each layer in the backward pass
         # Same parameter paths as JetNemotronForCausalLM ("model/embed_tokens", "model/layers/i/
         # mlp", ...), so jet_jax_train.optimizer's default freezing regexes apply unchanged.
         self.model = SuperModel(config, block, enable_swa=enable_swa, rngs=rngs, dtype=dtype,
@@ -156,9 +157,12 @@ class SuperNetwork(nnx.Module):
     def num_layers(self) -> int:
         return len(self.model.layers)
 
+    def logits_from_hidden(self, h: jax.Array) -> jax.Array:
+        return output_logits(self, h)
+
     def __call__(self, input_ids: jax.Array, choice: jax.Array,
                  segment_ids: jax.Array | None = None, positions: jax.Array | None = None, *,
-                 return_hidden_states: bool = False):
+                 return_hidden_states: bool = False, head: bool = True):
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be [batch, time], got shape {input_ids.shape}")
         choice = jnp.asarray(choice)
@@ -167,13 +171,19 @@ class SuperNetwork(nnx.Module):
         choice = choice.astype(jnp.int32)
         if positions is None:
             positions = default_positions(input_ids, segment_ids)
-        h = embed_lookup(self.model.embed_tokens, input_ids)
+        h = constrain_residual(embed_lookup(self.model.embed_tokens, input_ids))
         hidden = [h]
+
+        def run_layer(layer, h, c, positions, segment_ids):
+            return constrain_residual(layer(h, c, positions=positions, segment_ids=segment_ids))
+
+        if self.remat:
+            run_layer = nnx.remat(run_layer)
         for i, layer in enumerate(self.model.layers):
-            h = layer(h, choice[i], positions=positions, segment_ids=segment_ids)
+            h = run_layer(layer, h, choice[i], positions, segment_ids)
             hidden.append(h)
         h = self.model.norm(h)
-        logits = output_logits(self, h)
+        logits = output_logits(self, h) if head else h
         return (logits, hidden) if return_hidden_states else logits
 
     # ---- construction from a teacher ----
@@ -181,13 +191,15 @@ class SuperNetwork(nnx.Module):
     def from_teacher(cls, teacher: JetNemotronForCausalLM, block: str = "jet", *,
                      enable_swa: bool = False, seed: int = 0, jet=None,
                      zoo: dict[str, dict] | None = None, window_size: int | None = None,
-                     dtype=jnp.float32, param_dtype=jnp.float32,
+                     dtype=None, param_dtype=jnp.float32,
                      attention_implementation: str | None = None) -> "SuperNetwork":
         """Copy the teacher's embeddings, norms, MLPs and attention; init the linear paths.
 
         jet: a `JetBlockConfig` for the JetBlock paths (default: the teacher config's);
         zoo: {block: {num_heads, head_dim, expand_v}} overrides for zoo blocks;
         window_size: SWA window (default: the teacher config's);
+        dtype: compute dtype, default the teacher's; param_dtype: the super-network's own
+        parameters (the teacher's are copied into it);
         attention_implementation: default the teacher's attention kernel.
         """
         tcfg = teacher.config
@@ -203,8 +215,11 @@ class SuperNetwork(nnx.Module):
         cfg = tcfg.replace(**changes) if changes else tcfg
         if attention_implementation is None:
             attention_implementation = teacher.model.layers[0].self_attn.implementation
+        if dtype is None:
+            dtype = teacher.model.embed_tokens.dtype or jnp.float32
         sup = cls(cfg, block, enable_swa=enable_swa, rngs=nnx.Rngs(seed), dtype=dtype,
                   param_dtype=param_dtype, attention_implementation=attention_implementation)
+
         def copy(dst, src):
             # Into the super-network's own dtype: a teacher held in bf16 gives float32 copies
             # (same-dtype arrays are shared, not copied).

@@ -19,6 +19,7 @@ from typing import Callable, Iterator, Mapping
 
 import jax
 import numpy as np
+from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jet_jax.sharding import make_mesh
@@ -39,23 +40,23 @@ class SupernetDistillStep(DistillStep):
         bs = dict(self.batch_shardings)
         bs["choice"] = self.replicated
         self.batch_shardings = bs
-        self._step = jax.jit(self._step_fn,
+        # traced on the mesh, as DistillStep's: sharding constraints and kernels under shard_map
+        self._step = jax.jit(self._on_mesh(self._step_fn),
                              in_shardings=(self.state_shardings, self.teacher_shardings, bs),
                              out_shardings=(self.state_shardings, self.replicated),
                              donate_argnums=(0,))
-        self._eval = jax.jit(self._eval_fn,
+        self._eval = jax.jit(self._on_mesh(self._eval_fn),
                              in_shardings=(self.param_shardings, self.teacher_shardings, bs),
                              out_shardings=self.replicated)
-        self._logits = jax.jit(lambda p, b: self._forward(self.student, p, b, False),
+        self._logits = jax.jit(self._on_mesh(lambda p, b: self._forward(self.student, p, b, False)),
                                in_shardings=(self.param_shardings, bs),
                                out_shardings=NamedSharding(self.mesh, P(BATCH_AXES)))
 
-    def _forward(self, flat, params, batch, hidden):
+    def _apply(self, flat, model, batch, hidden, head):
         if flat is not self.student:
-            return super()._forward(flat, params, batch, hidden)
-        model = flat.merge(params)
+            return super()._apply(flat, model, batch, hidden, head)
         return model(batch["input_ids"], batch["choice"], batch["segment_ids"], batch["positions"],
-                     return_hidden_states=hidden)
+                     return_hidden_states=hidden, head=head)
 
     def _put(self, batch, choice):
         out = shard_batch(batch, self.mesh)
@@ -85,8 +86,11 @@ class SupernetTrainConfig:
     log_every: int = 10
     checkpoint_dir: str | None = None
     save_interval_steps: int = 100
-    # (data, fsdp, tensor) mesh over this process's devices (one -1 allowed); None: one device
+    # (data, fsdp, tensor) mesh over all this process's devices (one -1 allowed); None or
+    # (1, 1, 1): one device
     mesh_shape: tuple[int, int, int] | None = None
+    # recompute each layer in the backward pass (activation memory of one layer, not all)
+    remat: bool = False
 
 
 def single_device_mesh():
@@ -121,15 +125,18 @@ def train_supernet(supernet, teacher, data: Iterator[Mapping[str, np.ndarray]],
     if is_super and sampler.num_layers != supernet.num_layers:
         raise ValueError(f"sampler is for {sampler.num_layers} layers, super-network has "
                          f"{supernet.num_layers}")
-    if mesh is None:
-        mesh = (mesh_from_config(cfg.mesh_shape) if cfg.mesh_shape is not None
-                else single_device_mesh())
+    if mesh is None:  # (1, 1, 1) is one device however many this host has
+        mesh = (single_device_mesh() if cfg.mesh_shape in (None, (1, 1, 1))
+                else mesh_from_config(cfg.mesh_shape))
     if is_super:
         frozen = frozen_patterns(cfg.optimizer.frozen, cfg.train_attention)
     else:
         frozen = tuple(cfg.optimizer.frozen) + (
             () if cfg.train_attention else frozen_attention_patterns(supernet.config.layer_types))
     opt = dataclasses.replace(cfg.optimizer, frozen=frozen)
+    if cfg.remat and not supernet.remat:
+        supernet = nnx.merge(*nnx.split(supernet))  # a view (same arrays) that rematerialises
+        supernet.remat = True
     student_flat, teacher_flat = FlatModel(supernet), FlatModel(teacher)
     cls = SupernetDistillStep if is_super else DistillStep
     step_obj = cls(student=student_flat, teacher=teacher_flat, optimizer_cfg=opt,
