@@ -330,3 +330,56 @@ def test_plan_of_a_distill_config_is_the_run_distill_builds(tmp_path, capsys):
         assert main(["plan"] + argv) == 2
         err = capsys.readouterr().err.strip()
         assert "\n" not in err and needle in err, (argv, err)
+
+
+def test_plan_of_a_postnas_config_is_the_super_network_the_stage_builds(tmp_path, capsys):
+    """`jet-jax plan --config` on a PostNAS config plans its super-network stage: the model is
+    the super-network `stage_supernet` builds from the config's teacher (its parameter count
+    and trainable count are the built module's, exactly), and every setting reaches the plan
+    (it equals `plan_memory(..., supernet=True)` called with the settings by hand)."""
+    import json
+
+    from jet_jax.cli import main
+    from jet_jax_configs import postnas_tiny
+    from jet_jax_train.config import apply_overrides
+    from jet_jax_train.plan import postnas_run_args
+    from jet_jax_train.postnas.stages import get_teacher, jet_config
+    from flax import nnx
+
+    from jet_jax_train.postnas.supernet import SuperNetwork
+    from jet_jax_train.postnas.supernet import count_params as module_params
+
+    sets = ["teacher=preset:tiny-qwen2", "seq_len=256", "batch_size=8", "mesh=(2, -1, 1)",
+            "remat=true", "dtype=bfloat16", "teacher_param_dtype=bfloat16", "logits_chunk=64",
+            "attention_implementation=chunked", "output_dir=" + str(tmp_path)]
+    cfg = apply_overrides(postnas_tiny.CONFIG, sets)
+    kw = postnas_run_args(cfg, chips=4)
+    teacher = get_teacher(cfg, tmp_path)
+    sup = SuperNetwork.from_teacher(teacher, cfg.block, seed=cfg.seed, jet=jet_config(cfg),
+                                    window_size=cfg.window_size)
+    assert kw["model"] == sup.config and kw["mesh"] == (2, 2, 1) and kw["batch_per_device"] == 2
+    by_hand = plan_memory(sup.config, "2,2,1", supernet=True, batch_per_device=2, seq_len=256,
+                          param_dtype="f32", dtype="bf16", remat=True, teacher=kw["teacher"],
+                          teacher_dtype="bf16", logits_chunk=64, attention_implementation="chunked")
+    assert by_hand["params_total"] == module_params(sup)
+    assert by_hand["params_trainable"] == module_params(sup, nnx.All(nnx.Param,
+                                                                     nnx.PathContains("linear")))
+    config = str(Path(postnas_tiny.__file__))
+    capsys.readouterr()  # get_teacher's log line
+    assert main(["plan", "--config", config, "--chips", "4", "--json"]
+                + [a for s in sets for a in ("--set", s)]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["bytes"] == by_hand["bytes"] and got["supernet"] is True
+    assert got["notes"] == ["the super-network stage: the later stages train sub-networks of it"]
+    # the default mesh (1, 1, 1) is one device whatever --chips says, as the run takes it
+    assert postnas_run_args(postnas_tiny.CONFIG, chips=8)["mesh"] == (1, 1, 1)
+
+    for extra, needle in ((["--set", "block=gla"], "only the JetBlock super-network is planned"),
+                          (["--set", "mesh=(3, 1, 1)"], "needs 3 devices but 4 are available"),
+                          (["--set", "batch_size=6"], "batch_size 6 does not split over the 4"),
+                          (["--set", "teacher=/nowhere"], "/nowhere"),
+                          (["--set", "bugdet=2"], "bugdet")):
+        assert main(["plan", "--config", config, "--chips", "4"]
+                    + [a for s in sets for a in ("--set", s)] + extra) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and needle in err, (extra, err)

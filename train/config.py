@@ -241,9 +241,10 @@ class TrainConfig:
 # ----------------------------------------------------------------------------- files
 
 
-def load_config_file(path: str | os.PathLike, expected: type = TrainConfig) -> Any:
+def load_config_file(path: str | os.PathLike, expected: type | tuple[type, ...] = TrainConfig) -> Any:
     """Run a Python config file and return its `get_config()` (or its `CONFIG`), an instance
-    of `expected` with every field type-checked. Any error names the file."""
+    of `expected` (a class, or a tuple of them) with every field type-checked. Any error names
+    the file."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path!r} does not exist")
@@ -264,8 +265,10 @@ def load_config_file(path: str | os.PathLike, expected: type = TrainConfig) -> A
     except Exception as e:  # the file's own code failed: report it as a bad config, one line
         raise ConfigError(f"{path}: {type(e).__name__}: {e}") from None
     if not isinstance(cfg, expected):
+        names = " or ".join(t.__name__ for t in (expected if isinstance(expected, tuple)
+                                                 else (expected,)))
         raise ConfigError(f"{path}: get_config() returned {type(cfg).__name__}, expected "
-                          f"{expected.__name__}")
+                          f"{names}")
     validate(cfg, where=path)
     return cfg
 

@@ -619,6 +619,65 @@ def distill_run_args(cfg, chips: int | None = None) -> dict:
             "notes": notes}
 
 
+def postnas_run_args(cfg, chips: int | None = None) -> dict:
+    """The `plan_memory` arguments of the super-network stage a PostNASConfig describes (the
+    largest of its training stages: the teacher, and the teacher's attention beside a JetBlock
+    in every layer; the later stages train sub-networks of it), as `distill_run_args`.
+
+    The teacher is `teacher` (an HF directory's config.json, or `preset:<name>`), or the
+    `teacher_preset` (with `teacher_layers`) the pipeline pre-trains. The mesh (1, 1, 1) is
+    one device, as the run takes it; a -1 takes what `chips` leaves."""
+    from jet_jax_train.distributed import resolve_mesh_shape
+    from jet_jax_train.postnas.stages import jet_config
+
+    if cfg.block != "jet":
+        raise ValueError(f"block {cfg.block!r}: only the JetBlock super-network is planned "
+                         "(--set block=jet)")
+    spec = cfg.teacher
+    if spec is None:
+        tcfg = load_config(cfg.teacher_preset)
+        if cfg.teacher_layers:
+            tcfg = tcfg.replace(num_hidden_layers=cfg.teacher_layers,
+                                layer_types=("attn",) * cfg.teacher_layers)
+    elif spec.startswith("preset:"):
+        tcfg = load_config(spec.split(":", 1)[1])
+    elif os.path.isfile(os.path.join(spec, "config.json")):
+        tcfg = ModelConfig.from_json_file(os.path.join(spec, "config.json"))
+    else:
+        raise ValueError(f"teacher {spec!r} is neither 'preset:<name>' nor a directory with a "
+                         "config.json (e.g. --set teacher=preset:qwen2.5-7b)")
+    shape = tuple(cfg.mesh)
+    if shape != (1, 1, 1):
+        if chips is not None:
+            shape = resolve_mesh_shape(shape, chips)
+        elif -1 in shape:
+            raise ValueError(f"mesh {shape} has a -1: give --chips (the run's device count) or "
+                             "a full mesh with --set 'mesh=(d, f, t)'")
+    batch_shards = shape[0] * shape[1]
+    if cfg.batch_size % batch_shards:
+        raise ValueError(f"batch_size {cfg.batch_size} does not split over the {batch_shards} "
+                         f"data x fsdp devices of mesh {shape}")
+    attention = cfg.attention_implementation
+    notes = ["the super-network stage: the later stages train sub-networks of it"]
+    if attention == "auto":
+        attention = AUTO_ATTENTION_ON_ACCELERATORS
+        notes.append("attention_implementation=auto planned as 'xla' (dense), what it runs on "
+                     "GPU and TPU today")
+    if cfg.enable_swa or cfg.swa_budget > 0:
+        notes.append("the SWA path (a third mixer per layer, sharing the attention weights) "
+                     "is not in the plan")
+    if cfg.train_attention:
+        notes.append("train_attention: the attention paths' gradients and AdamW moments are "
+                     "not in the plan")
+    return {"model": tcfg.replace(jet=jet_config(cfg), window_size=cfg.window_size),
+            "mesh": shape, "teacher": tcfg, "supernet": True,
+            "batch_per_device": cfg.batch_size // batch_shards, "seq_len": cfg.seq_len,
+            "param_dtype": "f32", "dtype": _PLAN_DTYPE[cfg.dtype],
+            "teacher_dtype": _PLAN_DTYPE[cfg.teacher_param_dtype], "opt": "adamw",
+            "remat": cfg.remat, "logits_chunk": cfg.logits_chunk,
+            "attention_implementation": attention, "notes": notes}
+
+
 # --------------------------------------------------------------------------- CLI
 # The flags that describe the run; with --config the file describes it instead.
 RUN_FLAGS = ("model", "mesh", "supernet", "batch_per_device", "seq_len", "param_dtype", "dtype",
@@ -630,9 +689,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None,
                         help="preset name (configs/presets.py) or HF config.json path")
     parser.add_argument("--config", default=None,
-                        help="plan the run a `jet-jax distill` config file describes instead of "
-                             "--model and the run flags (its teacher: an HF directory's "
-                             "config.json, or preset:<name>)")
+                        help="plan the run a `jet-jax distill` config file (or the super-network "
+                             "stage a `jet-jax postnas` one) describes instead of --model and "
+                             "the run flags (its teacher: an HF directory's config.json, or "
+                             "preset:<name>)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="with --config: override one field, as "
                         "`jet-jax distill --set` (repeatable)")
@@ -671,7 +731,8 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def _config_plan(args: argparse.Namespace) -> dict:
-    """The plan of the distill run `args.config` (+ `args.overrides`) describes."""
+    """The plan of the distill run (or PostNAS super-network stage) `args.config` (+
+    `args.overrides`) describes."""
     from jet_jax_train.config import ConfigError, apply_overrides, load_config_file
     defaults = argparse.ArgumentParser()
     register(defaults)
@@ -680,11 +741,14 @@ def _config_plan(args: argparse.Namespace) -> dict:
         flag = "--" + changed[0].replace("_", "-")
         raise ValueError(f"{flag}: with --config the run's settings come from the file "
                          "(change them with --set KEY=VALUE)")
+    from jet_jax_train.config import TrainConfig
+    from jet_jax_train.postnas.config import PostNASConfig
     try:
-        cfg = apply_overrides(load_config_file(args.config), args.overrides)
+        cfg = apply_overrides(load_config_file(args.config, (TrainConfig, PostNASConfig)),
+                              args.overrides)
     except ConfigError as e:
         raise ValueError(str(e)) from None
-    kw = distill_run_args(cfg, args.chips)
+    kw = (postnas_run_args if isinstance(cfg, PostNASConfig) else distill_run_args)(cfg, args.chips)
     notes = kw.pop("notes")
     plan = plan_memory(kw.pop("model"), kw.pop("mesh"), chip=args.chip, **kw)
     plan["notes"] = notes
