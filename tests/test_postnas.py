@@ -383,8 +383,8 @@ def test_bfloat16_compute_reaches_every_model_built_from_the_teacher(tmp_path):
 def test_supernet_training_on_a_mesh_equals_one_device(teacher, monkeypatch, tmp_path):
     """`mesh` (PostNAS setting, here (2, 2, 2) over the 8 test devices): super-network training
     shards its step over the mesh and computes what one device computes (losses 1e-5, trained
-    weights 1e-4: only the order of the sharded sums differs); the trained super-network is
-    then scored like any other; a mesh the devices or the batch do not divide is refused in
+    weights 1e-4: only the order of the sharded sums differs); the trained super-network stays
+    on the mesh and scores there as on one device; a mesh the devices or the batch do not divide is refused in
     one line before anything runs."""
     from jet_jax_train.config import ConfigError
     from jet_jax_train.postnas import trainer
@@ -421,11 +421,17 @@ def test_supernet_training_on_a_mesh_equals_one_device(teacher, monkeypatch, tmp
     # Adam divides by the gradient's RMS, so a rounding-sized gradient difference can move a
     # weight by up to ~1e-4 (2e-5 seen) against the ~1e-2 the steps moved it
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4, rtol=0), lin8, lin1)
+    # the trained weights stay on the mesh, so scoring runs there too
+    assert {len(x.sharding.device_set) for x in jax.tree.leaves(nnx.state(many, nnx.Param))} == {8}
     suite = TaskSuite(teacher=teacher, lm_batches=_lm_rows(1, 5), mqar_batches=_rows(2, 9))
     choice = np.array([ATTN, LINEAR, LINEAR, LINEAR])
     np.testing.assert_allclose(suite.score(extract_subnet(many, layer_types_from_choice(choice, "jet")))["kl"],
                                suite.score(extract_subnet(one, layer_types_from_choice(choice, "jet")))["kl"],
                                rtol=1e-4)
+    # decode timings move a mesh-trained model to one device, as the teacher is timed
+    timed = tp.measure_decode_throughput(extract_subnet(many, layer_types_from_choice(choice, "jet")),
+                                         context=4, steps=2)
+    assert timed["decode_tokens_per_s"] > 0
 
     # every training stage gets the setting: the super-network's, and the candidates' and
     # finals' (`train_cfg`)

@@ -66,7 +66,7 @@ class PostNASConfig:
     copy_weight: float = 1.0
     # (data, fsdp, tensor) device mesh of every training stage (super-network, block and
     # hardware candidates, finals); one -1 takes the remaining devices. The default is one
-    # device. Scoring and decode timings run on one device.
+    # device. Trained models stay on the mesh for scoring; decode timings use one device.
     mesh: tuple[int, int, int] = (1, 1, 1)
     # memory of the training stages: recompute each layer in the backward pass; > 0: KL/CE
     # over this many positions at a time, so [B, T, vocab] float32 logits never exist whole

@@ -46,6 +46,9 @@ def measure_decode_throughput(model, *, batch_size: int = 1, context: int = 256,
     from jet_jax.generation import decode_step
 
     graphdef, state = nnx.split(model)
+    # Timed on one device, so every model compared (teacher, candidates, finals) is timed
+    # alike whatever mesh trained it (a no-op for parameters already there).
+    state = jax.device_put(state, jax.devices()[0])
 
     def decode(tok, pos, cache):
         logits, cache = decode_step(graphdef, state, tok, jnp.full(tok.shape, pos, jnp.int32), cache)
