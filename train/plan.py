@@ -565,6 +565,44 @@ AUTO_ATTENTION_ON_ACCELERATORS = "xla"
 _PLAN_DTYPE = {"float32": "f32", "bfloat16": "bf16"}
 
 
+def _teacher_of(spec: str, key: str) -> ModelConfig:
+    """The ModelConfig of a run's teacher setting `key` = `spec`: `preset:<name>` (configs/
+    presets.py or configs/teachers.py) or an HF directory (only its config.json is read)."""
+    if spec.startswith("preset:"):
+        return load_config(spec.split(":", 1)[1])
+    if os.path.isfile(os.path.join(spec, "config.json")):
+        return ModelConfig.from_json_file(os.path.join(spec, "config.json"))
+    raise ValueError(f"{key} {spec!r} is neither 'preset:<name>' nor a directory with a "
+                     f"config.json (e.g. --set {key}=preset:qwen2.5-7b)")
+
+
+def _run_mesh(shape, chips: int | None, batch_size: int, mesh_key: str,
+              batch_key: str) -> tuple[tuple[int, ...], int]:
+    """(mesh, batch per device) of a run's `mesh_key` = `shape` on `chips` devices (a -1
+    takes what they leave), its global batch `batch_key` split over data x fsdp."""
+    from jet_jax_train.distributed import resolve_mesh_shape
+    shape = tuple(shape)
+    if chips is not None:
+        shape = resolve_mesh_shape(shape, chips)  # as the run resolves it on `chips` devices
+    elif -1 in shape:
+        raise ValueError(f"{mesh_key} {shape} has a -1: give --chips (the run's device count) "
+                         f"or a full mesh with --set {mesh_key}=...")
+    batch_shards = shape[0] * shape[1]
+    if batch_size % batch_shards:
+        raise ValueError(f"{batch_key} {batch_size} does not split over the {batch_shards} "
+                         f"data x fsdp devices of mesh {shape}")
+    return shape, batch_size // batch_shards
+
+
+def _planned_attention(implementation: str, key: str) -> tuple[str, list[str]]:
+    """(the attention kernel to plan, note lines): `auto` is planned as what it runs on
+    accelerators today."""
+    if implementation != "auto":
+        return implementation, []
+    return AUTO_ATTENTION_ON_ACCELERATORS, [
+        f"{key}=auto planned as 'xla' (dense), what it runs on GPU and TPU today"]
+
+
 def distill_run_args(cfg, chips: int | None = None) -> dict:
     """The `plan_memory` arguments of the `jet-jax distill` run a TrainConfig describes (its
     student, teacher, mesh, batch, dtypes, frozen parameters, remat, loss chunking, kernel):
@@ -575,43 +613,23 @@ def distill_run_args(cfg, chips: int | None = None) -> dict:
     plan a run before its checkpoint is on disk). A -1 in `mesh.shape` takes what `chips`
     (the run's device count) leaves. ValueError (one line) on what cannot be planned."""
     from jet_jax_train.distill import student_layer_types
-    from jet_jax_train.distributed import resolve_mesh_shape
     from jet_jax_train.student import student_config
 
     m = cfg.model
-    spec = m.teacher
-    if spec.startswith("preset:"):
-        tcfg = load_config(spec.split(":", 1)[1])
-    elif os.path.isfile(os.path.join(spec, "config.json")):
-        tcfg = ModelConfig.from_json_file(os.path.join(spec, "config.json"))
-    else:
-        raise ValueError(f"model.teacher {spec!r} is neither 'preset:<name>' nor a directory "
-                         "with a config.json (e.g. --set model.teacher=preset:qwen2.5-7b)")
+    tcfg = _teacher_of(m.teacher, "model.teacher")
     student = student_config(tcfg, student_layer_types(cfg, tcfg.num_hidden_layers),
                              jet=m.jet, window_size=m.window_size)
-    shape = tuple(cfg.mesh.shape)
-    if chips is not None:
-        shape = resolve_mesh_shape(shape, chips)  # as the run resolves it on `chips` devices
-    elif -1 in shape:
-        raise ValueError(f"mesh.shape {shape} has a -1: give --chips (the run's device count) "
-                         "or a full mesh with --set mesh.shape=...")
-    batch_shards = shape[0] * shape[1]  # the batch is split over (data, fsdp)
-    if cfg.data.batch_size % batch_shards:
-        raise ValueError(f"data.batch_size {cfg.data.batch_size} does not split over the "
-                         f"{batch_shards} data x fsdp devices of mesh {tuple(shape)}")
-    attention = m.attention_implementation
-    notes = []
-    if attention == "auto":
-        attention = AUTO_ATTENTION_ON_ACCELERATORS
-        notes.append("model.attention_implementation=auto planned as 'xla' (dense), what it "
-                     "runs on GPU and TPU today")
+    shape, per_device = _run_mesh(cfg.mesh.shape, chips, cfg.data.batch_size, "mesh.shape",
+                                  "data.batch_size")
+    attention, notes = _planned_attention(m.attention_implementation,
+                                          "model.attention_implementation")
     if cfg.loss.mse_weight > 0:
         notes.append("loss.mse_weight > 0: the hidden states of every layer that the MSE loss "
                      "reads are not in the plan")
     opt = cfg.optimizer
     return {"model": student, "mesh": shape, "teacher": tcfg,
-            "batch_per_device": cfg.data.batch_size // batch_shards,
-            "seq_len": cfg.data.seq_len, "param_dtype": "f32", "dtype": _PLAN_DTYPE[m.dtype],
+            "batch_per_device": per_device, "seq_len": cfg.data.seq_len,
+            "param_dtype": "f32", "dtype": _PLAN_DTYPE[m.dtype],
             "teacher_dtype": _PLAN_DTYPE[m.teacher_param_dtype], "opt": "adamw",
             "remat": m.remat, "grad_accum": opt.grad_accum_steps,
             "frozen_patterns": () if opt.unfreeze_all else tuple(opt.frozen),
@@ -627,42 +645,25 @@ def postnas_run_args(cfg, chips: int | None = None) -> dict:
     The teacher is `teacher` (an HF directory's config.json, or `preset:<name>`), or the
     `teacher_preset` (with `teacher_layers`) the pipeline pre-trains. The mesh (1, 1, 1) is
     one device, as the run takes it; a -1 takes what `chips` leaves."""
-    from jet_jax_train.distributed import resolve_mesh_shape
     from jet_jax_train.postnas.stages import jet_config
 
     if cfg.block != "jet":
         raise ValueError(f"block {cfg.block!r}: only the JetBlock super-network is planned "
                          "(--set block=jet)")
-    spec = cfg.teacher
-    if spec is None:
+    if cfg.teacher is None:  # the preset the pipeline pre-trains
         tcfg = load_config(cfg.teacher_preset)
         if cfg.teacher_layers:
             tcfg = tcfg.replace(num_hidden_layers=cfg.teacher_layers,
                                 layer_types=("attn",) * cfg.teacher_layers)
-    elif spec.startswith("preset:"):
-        tcfg = load_config(spec.split(":", 1)[1])
-    elif os.path.isfile(os.path.join(spec, "config.json")):
-        tcfg = ModelConfig.from_json_file(os.path.join(spec, "config.json"))
     else:
-        raise ValueError(f"teacher {spec!r} is neither 'preset:<name>' nor a directory with a "
-                         "config.json (e.g. --set teacher=preset:qwen2.5-7b)")
-    shape = tuple(cfg.mesh)
-    if shape != (1, 1, 1):
-        if chips is not None:
-            shape = resolve_mesh_shape(shape, chips)
-        elif -1 in shape:
-            raise ValueError(f"mesh {shape} has a -1: give --chips (the run's device count) or "
-                             "a full mesh with --set 'mesh=(d, f, t)'")
-    batch_shards = shape[0] * shape[1]
-    if cfg.batch_size % batch_shards:
-        raise ValueError(f"batch_size {cfg.batch_size} does not split over the {batch_shards} "
-                         f"data x fsdp devices of mesh {shape}")
-    attention = cfg.attention_implementation
-    notes = ["the super-network stage: the later stages train sub-networks of it"]
-    if attention == "auto":
-        attention = AUTO_ATTENTION_ON_ACCELERATORS
-        notes.append("attention_implementation=auto planned as 'xla' (dense), what it runs on "
-                     "GPU and TPU today")
+        tcfg = _teacher_of(cfg.teacher, "teacher")
+    if tuple(cfg.mesh) == (1, 1, 1):  # one device, as the run takes it
+        shape, per_device = (1, 1, 1), cfg.batch_size
+    else:
+        shape, per_device = _run_mesh(cfg.mesh, chips, cfg.batch_size, "mesh", "batch_size")
+    attention, notes = _planned_attention(cfg.attention_implementation,
+                                          "attention_implementation")
+    notes.insert(0, "the super-network stage: the later stages train sub-networks of it")
     if cfg.enable_swa or cfg.swa_budget > 0:
         notes.append("the SWA path (a third mixer per layer, sharing the attention weights) "
                      "is not in the plan")
@@ -671,7 +672,7 @@ def postnas_run_args(cfg, chips: int | None = None) -> dict:
                      "not in the plan")
     return {"model": tcfg.replace(jet=jet_config(cfg), window_size=cfg.window_size),
             "mesh": shape, "teacher": tcfg, "supernet": True,
-            "batch_per_device": cfg.batch_size // batch_shards, "seq_len": cfg.seq_len,
+            "batch_per_device": per_device, "seq_len": cfg.seq_len,
             "param_dtype": "f32", "dtype": _PLAN_DTYPE[cfg.dtype],
             "teacher_dtype": _PLAN_DTYPE[cfg.teacher_param_dtype], "opt": "adamw",
             "remat": cfg.remat, "logits_chunk": cfg.logits_chunk,

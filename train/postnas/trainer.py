@@ -97,6 +97,13 @@ def single_device_mesh():
     return make_mesh((1, 1, 1), devices=jax.devices()[:1])
 
 
+def train_mesh(shape: tuple[int, int, int] | None):
+    """The mesh of `SupernetTrainConfig.mesh_shape`: None or (1, 1, 1) is one device however
+    many this host has; otherwise all of them (one -1 takes what the others leave)."""
+    return single_device_mesh() if shape is None or tuple(shape) == (1, 1, 1) \
+        else mesh_from_config(shape)
+
+
 def frozen_attention_patterns(layer_types) -> tuple[str, ...]:
     """Regexes freezing the attention mixers of a plain student (its `attn`/`swa` layers)."""
     idx = [str(i) for i, t in enumerate(layer_types) if t in ("attn", "swa")]
@@ -125,9 +132,7 @@ def train_supernet(supernet, teacher, data: Iterator[Mapping[str, np.ndarray]],
     if is_super and sampler.num_layers != supernet.num_layers:
         raise ValueError(f"sampler is for {sampler.num_layers} layers, super-network has "
                          f"{supernet.num_layers}")
-    if mesh is None:  # (1, 1, 1) is one device however many this host has
-        mesh = (single_device_mesh() if cfg.mesh_shape in (None, (1, 1, 1))
-                else mesh_from_config(cfg.mesh_shape))
+    mesh = train_mesh(cfg.mesh_shape) if mesh is None else mesh
     if is_super:
         frozen = frozen_patterns(cfg.optimizer.frozen, cfg.train_attention)
     else:
