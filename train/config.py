@@ -37,6 +37,25 @@ class ConfigError(ValueError):
     """A config file or override is invalid (unknown key, wrong type, bad value)."""
 
 
+# The compute / parameter dtypes a config may name.
+DTYPE_NAMES = ("float32", "bfloat16")
+
+
+def check_mesh_shape(shape, key: str) -> None:
+    """ConfigError naming `key` unless `shape` is 3 positive sizes (one may be -1)."""
+    if len(shape) != 3 or list(shape).count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
+        raise ConfigError(f"{key} must be 3 positive sizes (data, fsdp, tensor; one may be -1), "
+                          f"got {shape}")
+
+
+def check_dtype_names(section, keys, prefix: str = "") -> None:
+    """ConfigError naming the key unless each of `section`'s `keys` is a DTYPE_NAMES entry."""
+    for key in keys:
+        if getattr(section, key) not in DTYPE_NAMES:
+            raise ConfigError(f"{prefix}{key} must be 'float32' or 'bfloat16', "
+                              f"got {getattr(section, key)!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelSection:
     """Teacher source and student architecture.
@@ -81,10 +100,7 @@ class ModelSection:
     conv_implementation: str = "auto"
 
     def __post_init__(self):
-        for key in ("dtype", "teacher_param_dtype"):
-            if getattr(self, key) not in ("float32", "bfloat16"):
-                raise ConfigError(f"model.{key} must be 'float32' or 'bfloat16', "
-                                  f"got {getattr(self, key)!r}")
+        check_dtype_names(self, ("dtype", "teacher_param_dtype"), "model.")
         for key, choices in (("attention_implementation", ATTENTION_IMPLEMENTATIONS),
                              ("gdr_implementation", GDR_IMPLEMENTATIONS),
                              ("conv_implementation", CONV_IMPLEMENTATIONS)):
@@ -170,9 +186,7 @@ class MeshSection:
     shape: tuple[int, int, int] = (-1, 1, 1)
 
     def __post_init__(self):
-        if len(self.shape) != 3 or list(self.shape).count(-1) > 1 or any(
-                s == 0 or s < -1 for s in self.shape):
-            raise ConfigError(f"mesh.shape must be 3 positive sizes (one may be -1), got {self.shape}")
+        check_mesh_shape(self.shape, "mesh.shape")
 
 
 @dataclasses.dataclass(frozen=True)

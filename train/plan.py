@@ -645,18 +645,13 @@ def postnas_run_args(cfg, chips: int | None = None) -> dict:
     The teacher is `teacher` (an HF directory's config.json, or `preset:<name>`), or the
     `teacher_preset` (with `teacher_layers`) the pipeline pre-trains. The mesh (1, 1, 1) is
     one device, as the run takes it; a -1 takes what `chips` leaves."""
-    from jet_jax_train.postnas.stages import jet_config
+    from jet_jax_train.postnas.stages import pretrained_teacher_config, with_linear_block
 
     if cfg.block != "jet":
         raise ValueError(f"block {cfg.block!r}: only the JetBlock super-network is planned "
                          "(--set block=jet)")
-    if cfg.teacher is None:  # the preset the pipeline pre-trains
-        tcfg = load_config(cfg.teacher_preset)
-        if cfg.teacher_layers:
-            tcfg = tcfg.replace(num_hidden_layers=cfg.teacher_layers,
-                                layer_types=("attn",) * cfg.teacher_layers)
-    else:
-        tcfg = _teacher_of(cfg.teacher, "teacher")
+    tcfg = (pretrained_teacher_config(cfg) if cfg.teacher is None
+            else _teacher_of(cfg.teacher, "teacher"))
     if tuple(cfg.mesh) == (1, 1, 1):  # one device, as the run takes it
         shape, per_device = (1, 1, 1), cfg.batch_size
     else:
@@ -670,7 +665,7 @@ def postnas_run_args(cfg, chips: int | None = None) -> dict:
     if cfg.train_attention:
         notes.append("train_attention: the attention paths' gradients and AdamW moments are "
                      "not in the plan")
-    return {"model": tcfg.replace(jet=jet_config(cfg), window_size=cfg.window_size),
+    return {"model": with_linear_block(cfg, tcfg),
             "mesh": shape, "teacher": tcfg, "supernet": True,
             "batch_per_device": per_device, "seq_len": cfg.seq_len,
             "param_dtype": "f32", "dtype": _PLAN_DTYPE[cfg.dtype],
@@ -734,7 +729,8 @@ def register(parser: argparse.ArgumentParser) -> None:
 def _config_plan(args: argparse.Namespace) -> dict:
     """The plan of the distill run (or PostNAS super-network stage) `args.config` (+
     `args.overrides`) describes."""
-    from jet_jax_train.config import ConfigError, apply_overrides, load_config_file
+    from jet_jax_train.config import ConfigError, TrainConfig, apply_overrides, load_config_file
+    from jet_jax_train.postnas.config import PostNASConfig
     defaults = argparse.ArgumentParser()
     register(defaults)
     changed = [f for f in RUN_FLAGS if getattr(args, f) != defaults.get_default(f)]
@@ -742,8 +738,6 @@ def _config_plan(args: argparse.Namespace) -> dict:
         flag = "--" + changed[0].replace("_", "-")
         raise ValueError(f"{flag}: with --config the run's settings come from the file "
                          "(change them with --set KEY=VALUE)")
-    from jet_jax_train.config import TrainConfig
-    from jet_jax_train.postnas.config import PostNASConfig
     try:
         cfg = apply_overrides(load_config_file(args.config, (TrainConfig, PostNASConfig)),
                               args.overrides)

@@ -13,7 +13,8 @@ import dataclasses
 import os
 from typing import ClassVar
 
-from jet_jax_train.config import ConfigError, load_config_file
+from jet_jax_train.config import (ConfigError, check_dtype_names, check_mesh_shape,
+                                  load_config_file)
 from jet_jax_train.data.copy_task import CopyConfig
 from jet_jax_train.data.mqar import MQARConfig
 from jet_jax_train.postnas.sampling import RULES
@@ -112,19 +113,13 @@ class PostNASConfig:
         bad = [b for b in (self.block, *self.blocks) if b not in ("jet", *MIXERS)]
         if bad:
             raise ConfigError(f"unknown linear block {bad[0]!r}; known: {['jet', *MIXERS]}")
-        for key in ("teacher_param_dtype", "dtype"):
-            if getattr(self, key) not in ("float32", "bfloat16"):
-                raise ConfigError(f"{key} must be 'float32' or 'bfloat16', "
-                                  f"got {getattr(self, key)!r}")
+        check_dtype_names(self, ("teacher_param_dtype", "dtype"))
         from jet_jax.ops.attention import IMPLEMENTATIONS
         choices = tuple(i for i in IMPLEMENTATIONS if i != "cudnn")
         if self.attention_implementation not in choices:
             raise ConfigError(f"attention_implementation: {self.attention_implementation!r} is not "
                               f"one of {', '.join(choices)} ('cudnn' cannot mask packed documents)")
-        if len(self.mesh) != 3 or list(self.mesh).count(-1) > 1 or any(
-                s == 0 or s < -1 for s in self.mesh):
-            raise ConfigError(f"mesh must be 3 positive sizes (data, fsdp, tensor; one may be "
-                              f"-1), got {self.mesh}")
+        check_mesh_shape(self.mesh, "mesh")
         if isinstance(self.logits_chunk, int) and self.logits_chunk < 0:
             raise ConfigError(f"logits_chunk must be >= 0, got {self.logits_chunk}")
         if self.sampling_rule not in RULES:

@@ -21,7 +21,7 @@ from flax import nnx
 from jax.experimental.compilation_cache import compilation_cache
 
 from jet_jax.checkpoint_io import load_params, save_params
-from jet_jax.config import JetBlockConfig
+from jet_jax.config import JetBlockConfig, ModelConfig
 from jet_jax.convert.hf import from_hf, to_hf
 from jet_jax.evaluation import read_mc_jsonl
 from jet_jax.presets import get_preset
@@ -101,6 +101,21 @@ def throughput_config(cfg: PostNASConfig) -> ThroughputConfig:
                             steps=cfg.decode_steps)
 
 
+def pretrained_teacher_config(cfg: PostNASConfig) -> ModelConfig:
+    """The all-attention config the pipeline pre-trains when `teacher` is not set."""
+    tcfg = get_preset(cfg.teacher_preset)
+    if cfg.teacher_layers:
+        tcfg = tcfg.replace(num_hidden_layers=cfg.teacher_layers,
+                            layer_types=("attn",) * cfg.teacher_layers)
+    return tcfg
+
+
+def with_linear_block(cfg: PostNASConfig, teacher_config: ModelConfig) -> ModelConfig:
+    """The teacher's config carrying the linear-block shape and SWA window every stage builds
+    from (a qwen2 config carries them without using them)."""
+    return teacher_config.replace(jet=jet_config(cfg), window_size=cfg.window_size)
+
+
 def get_teacher(cfg: PostNASConfig, out: Path):
     from jet_jax_train.postnas.teacher import load_teacher, pretrain_teacher
     # Every model built from the teacher (super-network, sub-networks, students) runs its
@@ -116,17 +131,12 @@ def get_teacher(cfg: PostNASConfig, out: Path):
         log(f"teacher: reusing {out / 'teacher'}")
         t = from_hf(out / "teacher", **held, **kernels)
     else:
-        tcfg = get_preset(cfg.teacher_preset)
-        if cfg.teacher_layers:
-            tcfg = tcfg.replace(num_hidden_layers=cfg.teacher_layers,
-                                layer_types=("attn",) * cfg.teacher_layers)
+        tcfg = pretrained_teacher_config(cfg)
         log(f"teacher: pre-training {tcfg.describe()} for {cfg.teacher_steps} steps")
         t = pretrain_teacher(tcfg, data_config(cfg, seed_offset=100), steps=cfg.teacher_steps,
                              lr=cfg.teacher_lr, seed=cfg.seed, out_dir=out / "teacher", log=log,
                              **held, **kernels)
-    # The linear-block shape and SWA window every stage builds from (a qwen2 config carries
-    # them without using them).
-    t.config = t.config.replace(jet=jet_config(cfg), window_size=cfg.window_size)
+    t.config = with_linear_block(cfg, t.config)
     return t
 
 
@@ -190,13 +200,14 @@ def stage_supernet(cfg: PostNASConfig, out: Path, teacher):
                                     seed=cfg.seed, jet=jet_config(cfg), window_size=cfg.window_size)
     sampler = ChoiceSampler(sup.num_layers, SamplingConfig(
         rule=cfg.sampling_rule, budget=cfg.budget, swa_budget=cfg.swa_budget, seed=cfg.seed))
-    tcfg = SupernetTrainConfig(
-        steps=cfg.supernet_steps, optimizer=OptimizerSection(lr=cfg.supernet_lr, warmup_steps=10),
-        loss=LossSection(logits_chunk=cfg.logits_chunk), train_attention=cfg.train_attention,
+    # the shared recipe (mesh, remat, loss), with the super-network's own warmup, logging and
+    # checkpoints
+    tcfg = dataclasses.replace(
+        train_cfg(cfg, cfg.supernet_steps, cfg.supernet_lr, cfg.train_attention),
+        optimizer=OptimizerSection(lr=cfg.supernet_lr, warmup_steps=10),
         log_every=max(1, cfg.supernet_steps // 10),
         checkpoint_dir=str((out / "supernet_ckpt").absolute()),
-        save_interval_steps=max(1, cfg.supernet_steps // 4), mesh_shape=tuple(cfg.mesh),
-        remat=cfg.remat)
+        save_interval_steps=max(1, cfg.supernet_steps // 4))
     log(f"super-network: {sup.num_layers} layers x (attention + {cfg.block}), "
         f"{cfg.supernet_steps} steps, sampling {cfg.sampling_rule} k={cfg.budget}")
     sup, hist = train_supernet(sup, teacher, train_data(cfg), sampler, tcfg,
