@@ -80,6 +80,15 @@ def save_orbax(model, path: str | os.PathLike, *, overwrite: bool = False,
     return save_params(model, path, files=files, overwrite=overwrite, tokenizer_from=tokenizer_from)
 
 
+def _this_process_checkpointer() -> ocp.StandardCheckpointer:
+    """An Orbax checkpointer this process runs alone. These files hold whole host arrays and
+    are written by one process (a multi-process application gathers and calls from process
+    0); Orbax's default would wait at a barrier for every process of the job."""
+    me = jax.process_index()
+    return ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
+        primary_host=me, active_processes={me}))
+
+
 def save_params(model, path: str | os.PathLike, *, files: dict[str, str] | None = None,
                 overwrite: bool = False, tokenizer_from: str | os.PathLike | None = None) -> Path:
     """The one writer of a model's parameters to Orbax: `path/params/` (StandardCheckpointer
@@ -89,7 +98,7 @@ def save_params(model, path: str | os.PathLike, *, files: dict[str, str] | None 
     path = Path(path).absolute()
     state = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     with staged_directory(path, overwrite=overwrite) as tmp:
-        with ocp.StandardCheckpointer() as ckptr:
+        with _this_process_checkpointer() as ckptr:
             ckptr.save(tmp / PARAMS_DIR, state)
             ckptr.wait_until_finished()
         for name, text in (files or {}).items():
@@ -101,7 +110,7 @@ def save_params(model, path: str | os.PathLike, *, files: dict[str, str] | None 
 def load_params(model, path: str | os.PathLike) -> None:
     """Restore `path/params/` (written by `save_params`) into `model`'s nnx.Param values."""
     state = nnx.state(model, nnx.Param)
-    with ocp.StandardCheckpointer() as ckptr:
+    with _this_process_checkpointer() as ckptr:
         restored = ckptr.restore(Path(path).absolute() / PARAMS_DIR, nnx.to_pure_dict(state))
     nnx.replace_by_pure_dict(state, restored)
     nnx.update(model, state)
@@ -134,10 +143,10 @@ def load_orbax(path: str | os.PathLike, *, param_dtype=None, dtype=None, **model
     dtype = param_dtype if dtype is None else dtype
     abstract = abstract_model(cfg, dtype=dtype, param_dtype=param_dtype, **model_kwargs)
     graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
-    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, saved_dtype, sharding=sharding),
                           nnx.to_pure_dict(params))
-    with ocp.StandardCheckpointer() as ckptr:
+    with _this_process_checkpointer() as ckptr:
         restored = ckptr.restore(path / PARAMS_DIR, target)
     if param_dtype != saved_dtype:
         restored = jax.tree.map(lambda x: x.astype(param_dtype), restored)

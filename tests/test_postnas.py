@@ -393,7 +393,8 @@ def test_supernet_training_on_a_mesh_equals_one_device(teacher, trained, monkeyp
     weights 1e-4: only the order of the sharded sums differs); the trained super-network stays
     on the mesh and scores there as on one device; (1, 1, 1) is one device though the host has
     8; a mesh the devices or the batch do not divide is refused in one line before anything
-    runs."""
+    runs, and so is any stage but `supernet` (or a missing teacher or mesh) on several
+    processes."""
     from jet_jax_train.config import ConfigError
     from jet_jax_train.postnas import trainer
     from jet_jax_train.postnas.cli import preflight
@@ -451,6 +452,20 @@ def test_supernet_training_on_a_mesh_equals_one_device(teacher, trained, monkeyp
                                      "(mesh (4, -1, 1))")
     with pytest.raises(ConfigError, match=r"mesh must be 3 positive sizes"):
         PostNASConfig(mesh=(0, 1, 1))
+
+    # several processes (tests/test_multiprocess.py runs 2): only the super-network stage, with
+    # a given teacher and a mesh whose batch axes split over the processes
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    assert preflight(on_mesh, "supernet") is None
+    assert preflight(on_mesh, "search").startswith("`postnas search` runs in one process (2 here)")
+    assert preflight(on_mesh, "pipeline").startswith("`postnas pipeline` runs in one process")
+    assert "several processes need a given teacher" in preflight(
+        on_mesh.replace(teacher=None), "supernet")
+    assert "several processes need a mesh over all 8 devices" in preflight(
+        on_mesh.replace(mesh=(1, 1, 1)), "supernet")
+    assert preflight(on_mesh.replace(mesh=(1, 1, -1)), "supernet") == (
+        "the mesh's data x fsdp = 1 is not a multiple of the 2 processes (each process feeds "
+        "its own rows of the batch)")
 
 
 def test_supernet_remat_and_logits_chunk_train_the_same(teacher, trained, monkeypatch):

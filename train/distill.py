@@ -34,7 +34,8 @@ from jet_jax_train.checkpointing import TrainCheckpointer
 from jet_jax_train.config import EXECUTION_KEYS, EXPORT_DIRS, ConfigError, TrainConfig, to_dict
 from jet_jax_train.data.mqar import mqar_accuracy
 from jet_jax_train.data.pipeline import make_eval_batches, make_mqar_eval_batches, make_train_iterator
-from jet_jax_train.distributed import initialize_distributed, mesh_from_config
+from jet_jax_train.distributed import (initialize_distributed, mesh_from_config,
+                                       write_from_process_zero)
 from jet_jax_train.flat_model import FlatModel
 from jet_jax_train.loop import TrainLoop
 from jet_jax_train.metrics import MetricsWriter
@@ -274,18 +275,12 @@ def export_student(flat: FlatModel, params, path: str, fmt: str, *,
     (`save_orbax`), in its parameter dtype, with the teacher's tokenizer files. Both writers
     stage the folder and move it into place, so an earlier export there is replaced whole. With
     several processes every process gathers the parameters and process 0 writes."""
-    from jax.experimental import multihost_utils
-    if jax.process_count() > 1:
-        params = multihost_utils.process_allgather(params, tiled=True)
-    else:
-        params = jax.device_get(params)
-    if jax.process_index() == 0:
-        model = flat.merge(params)
+    def write(host_params):
+        model = flat.merge(host_params)
         if fmt == "hf":
             from jet_jax.convert.hf import to_hf
             to_hf(model, path, tokenizer_from=tokenizer_from, overwrite=True)
         else:
             from jet_jax.checkpoint_io import save_orbax
             save_orbax(model, path, tokenizer_from=tokenizer_from, overwrite=True)
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices("jet-jax export")  # the folder exists for every process
+    write_from_process_zero(params, write, barrier="jet-jax export")

@@ -22,6 +22,9 @@ On CPU, cross-process collectives need an implementation; gloo is selected when 
 
 `mesh_from_config(shape)` builds the `(data, fsdp, tensor)` mesh, validating that the shape
 covers exactly the devices present (one entry may be -1: "whatever is left").
+
+`write_from_process_zero(params, write)`: the one way a multi-process run writes a model:
+every process gathers the (sharded) parameters, process 0 writes, the others wait for it.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 
@@ -187,3 +190,18 @@ def mesh_from_config(shape: Sequence[int] | str,
     except Exception:  # noqa: BLE001 - unknown topology: keep the given order
         ordered = devices
     return make_mesh(shape, axis_names, devices=ordered)
+
+
+def write_from_process_zero(params, write: Callable, *, barrier: str):
+    """`write(host_params)` once, on process 0; returns what it returns there (None elsewhere).
+
+    params: a pytree of (possibly sharded, possibly spanning processes) arrays. Every process
+    must call this (the gather is a collective); the others return after process 0 finished,
+    so the written files exist for every process afterwards. `barrier` names the wait."""
+    if jax.process_count() == 1:
+        return write(jax.device_get(params))
+    from jax.experimental import multihost_utils
+    params = multihost_utils.process_allgather(params, tiled=True)
+    out = write(params) if jax.process_index() == 0 else None
+    multihost_utils.sync_global_devices(barrier)
+    return out

@@ -67,7 +67,8 @@ def _config(args) -> PostNASConfig:
 def preflight(cfg: PostNASConfig, stage: str) -> str | None:
     """What would make `stage` fail on these settings before it trains anything (a kernel this
     backend lacks, a missing teacher, an unknown preset, a mesh the devices or the batch do
-    not divide, a missing earlier stage), or None. Checked before the output
+    not divide, a missing earlier stage, a stage or setting that several processes cannot
+    run), or None. Checked before the output
     directory is created."""
     from jet_jax.ops.attention import backend_problem
     from jet_jax.presets import PRESETS
@@ -80,9 +81,21 @@ def preflight(cfg: PostNASConfig, stage: str) -> str | None:
         else None if cfg.teacher else cfg.teacher_preset
     if preset is not None and preset not in PRESETS:
         return f"unknown preset {preset!r}; available: {sorted(PRESETS)}"
+    import jax
+    processes = jax.process_count()
+    if processes > 1:
+        if stage != "supernet":
+            return (f"`postnas {stage}` runs in one process ({processes} here); only `postnas "
+                    "supernet` runs on several: run the later stages in one process on its "
+                    "output_dir")
+        if not cfg.teacher:
+            return ("several processes need a given teacher (teacher: an HF directory or "
+                    "'preset:<name>'; a one-process `postnas supernet` pre-trains one into "
+                    "<output_dir>/teacher)")
+        if tuple(cfg.mesh) == (1, 1, 1):
+            return (f"several processes need a mesh over all {jax.device_count()} devices, "
+                    "e.g. mesh=(-1, 1, 1)")
     if tuple(cfg.mesh) != (1, 1, 1):
-        import jax
-
         from jet_jax_train.distributed import resolve_mesh_shape
         try:
             data, fsdp, _ = resolve_mesh_shape(cfg.mesh, jax.device_count())
@@ -91,6 +104,9 @@ def preflight(cfg: PostNASConfig, stage: str) -> str | None:
         if cfg.batch_size % (data * fsdp):
             return (f"batch_size {cfg.batch_size} is not divisible by the mesh's data x fsdp = "
                     f"{data * fsdp} (mesh {tuple(cfg.mesh)})")
+        if (data * fsdp) % processes:
+            return (f"the mesh's data x fsdp = {data * fsdp} is not a multiple of the "
+                    f"{processes} processes (each process feeds its own rows of the batch)")
     out = Path(cfg.output_dir)
     if stage == "search" and not (out / "supernet" / "supernet.json").exists():
         return f"no super-network in {out / 'supernet'}; run `jet-jax postnas supernet` first"
@@ -111,6 +127,10 @@ def run(args) -> int:
     except ConfigError as e:
         print(f"jet-jax postnas: error: {e}", file=sys.stderr)
         return 2
+    # before anything touches the devices: several processes (a pod, `jet_jax_train.launch`)
+    # run `postnas supernet` as one job; a single process is unaffected
+    from jet_jax_train.distributed import initialize_distributed
+    initialize_distributed()
     problem = preflight(cfg, args.stage)
     if problem:
         print(f"jet-jax postnas: error: {problem}", file=sys.stderr)

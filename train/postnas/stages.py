@@ -29,6 +29,7 @@ from jet_jax_train.config import LossSection, OptimizerSection
 from jet_jax_train.data import (ByteTokenizer, DataConfig, SourceConfig,
                         make_eval_batches, make_mqar_eval_batches, make_task_eval_batches,
                         make_train_iterator)
+from jet_jax_train.distributed import write_from_process_zero
 from jet_jax_train.postnas import stats
 from jet_jax_train.postnas.block_selection import (ThroughputConfig, build_student, objective,
                                            objective_error, select_block)
@@ -141,11 +142,16 @@ def get_teacher(cfg: PostNASConfig, out: Path):
 
 
 def save_supernet(sup, path: Path) -> None:
-    """supernet.json (block, shapes) + params/, staged and atomic (`checkpoint_io.save_params`)."""
-    save_params(sup, path, overwrite=True, files={"supernet.json": json.dumps({
+    """supernet.json (block, shapes) + params/, staged and atomic (`checkpoint_io.save_params`);
+    with several processes, gathered and written by process 0."""
+    files = {"supernet.json": json.dumps({
         "block": sup.block, "enable_swa": sup.enable_swa,
         "jet": dataclasses.asdict(sup.config.jet), "window_size": sup.config.window_size,
-        "zoo": {k: dict(v) for k, v in sup.config.zoo}}, indent=2)})
+        "zoo": {k: dict(v) for k, v in sup.config.zoo}}, indent=2)}
+    graphdef, state = nnx.split(sup)
+    write_from_process_zero(
+        state, lambda host: save_params(nnx.merge(graphdef, host), path, overwrite=True, files=files),
+        barrier="postnas supernet")
 
 
 def load_supernet(path: Path, teacher):
@@ -214,7 +220,8 @@ def stage_supernet(cfg: PostNASConfig, out: Path, teacher):
                                on_log=lambda r: log(f"  step {r['step']}: kl {r['kl']:.4f} "
                                                     f"choice {r['choice']}"))
     save_supernet(sup, out / "supernet")
-    (out / "supernet_history.json").write_text(json.dumps(hist, indent=2))
+    if jax.process_index() == 0:
+        (out / "supernet_history.json").write_text(json.dumps(hist, indent=2))
     return sup, hist
 
 
