@@ -18,7 +18,10 @@
      (`xla_backend_optimization_level=0`), side by side; 1e. the cost of the layer order:
      the preset as it is (its attention layers split the jet layers into three runs, so three
      loop bodies) against the same layers with every jet layer in one run (a different
-     network; it shows what the order costs, nothing runs it);
+     network; it shows what the order costs, nothing runs it); 1f. what the floor is made
+     of: the prefill and decode compile of a model of one layer of each type alone, and the
+     prefill compile of the ops alone at the 2B prefill shapes (chunked gated delta rule,
+     chunked attention with and without the sliding window, the dense reference for scale);
   2. the compiled decode step's temporary memory as a fraction of its cache (all-attention
      model, 4 layers, batch 8, 8192 positions, float32; cache donated); 2b. the 2B preset's
      decode step: temporaries in bf16 and f32, and the bf16 step time (random weights);
@@ -172,6 +175,51 @@ def compile_anatomy(cfg, dtype=jnp.bfloat16, repeats=2) -> dict:
     return out
 
 
+def floor_anatomy(cfg, dtype=jnp.bfloat16, chunk=2048, context=4096, repeats=2) -> dict:
+    """{row label: [prefill s, decode s] or [compile s, None]}: lower + compile (best of
+    `repeats`) of a one-layer model of each layer type of `cfg` and of all of them together
+    ('after' code), then of the prefill's ops alone at `cfg`'s shapes (batch 1, `chunk` query
+    tokens, a `context`-token cache for attention)."""
+    from jet_jax.ops.attention import dot_product_attention
+    from jet_jax.ops.gated_delta_rule import gated_delta_rule
+    types = tuple(dict.fromkeys(cfg.layer_types))
+    models = {f"model: {t} only": (t,) for t in types}
+    models[f"model: {' + '.join(types)}"] = types
+    out = _best_compile_times(
+        {label: (lambda lt=lt: _lowerings(build(cfg.replace(num_hidden_layers=len(lt), layer_types=lt),
+                                                 "after", dtype, abstract=True), chunk, context, dtype))
+         for label, lt in models.items()}, repeats)
+    sd = jax.ShapeDtypeStruct
+    h, dk = cfg.jet.num_heads, cfg.jet.head_dim
+    dv = int(dk * cfg.jet.expand_v)
+    gdr = (lambda q, k, v, g, b: gated_delta_rule(q, k, v, g, b, output_final_state=True,
+                                                  implementation="chunked"),
+           (sd((1, chunk, h, dk), dtype), sd((1, chunk, h, dk), dtype), sd((1, chunk, h, dv), dtype),
+            sd((1, chunk, h), jnp.float32), sd((1, chunk, h), dtype)))
+    hd = cfg.hidden_size // cfg.num_attention_heads
+    att_args = (sd((1, chunk, cfg.num_attention_heads, hd), dtype),
+                sd((1, context, cfg.num_key_value_heads, hd), dtype),
+                sd((1, context, cfg.num_key_value_heads, hd), dtype),
+                sd((1, chunk), jnp.int32), sd((1, context), jnp.int32))
+
+    def attention(impl, window):
+        return (lambda q, k, v, qp, kp: dot_product_attention(
+            q, k, v, q_positions=qp, kv_positions=kp, window=window, implementation=impl), att_args)
+    ops = {"op: gated delta rule, chunked": gdr,
+           "op: attention, chunked": attention("chunked", None),
+           f"op: attention, chunked, window {cfg.window_size}": attention("chunked", cfg.window_size),
+           "op: attention, dense reference": attention("xla", None)}
+    for label, (fn, args) in ops.items():
+        best = float("inf")
+        for _ in range(repeats):
+            jax.clear_caches()
+            t0 = time.perf_counter()
+            jax.jit(fn).lower(*args).compile()
+            best = min(best, time.perf_counter() - t0)
+        out[label] = [best, None]
+    return out
+
+
 def baseline_compile_times(rev: str, dtypes=("bfloat16",), repeats=3) -> dict:
     """compile_times of git revision `rev` (a temporary worktree, a child process with its
     own imports): {dtype name: [prefill s, decode s]}."""
@@ -275,7 +323,7 @@ def main(argv=None):
                    default=[2048, 4096, 8192], help="table 5: tokens per device")
     p.add_argument("--skip-2b", action="store_true", help="skip the Jet-Nemotron-2B tables (1, 2b)")
     p.add_argument("--only", type=lambda s: set(s.split(",")), default=None,
-                   help="comma-separated tables to run, of 1 (with 1b, 1c), 1d, 1e, 2, 2b, 3, 4, 5, 6 (default: all)")
+                   help="comma-separated tables to run, of 1 (with 1b, 1c), 1d, 1e, 1f, 2, 2b, 3, 4, 5, 6 (default: all)")
     p.add_argument("--baseline", default="4265ea6",
                    help="git revision compiled as 'base' in table 1 ('' to skip)")
     p.add_argument("--before-max-context", type=int, default=None,
@@ -331,6 +379,15 @@ def main(argv=None):
         print(f"{'program':8} {'compile (s)':>12} {'fusions':>8} {'dots':>5} {'-O0 (s)':>8} {'-O0/default':>12}")
         for name, (t, fusions, dots, t0) in compile_anatomy(get_preset("jet-nemotron-2b")).items():
             print(f"{name:8} {t:>12.2f} {fusions:>8} {dots:>5} {t0:>8.2f} {t0 / t:>12.2f}", flush=True)
+
+    if not args.skip_2b and want("1f"):
+        from jet_jax_configs.presets import get_preset
+        print("\n1f. what the floor is made of (2B preset shapes, bf16, 'after' code, best of 2): "
+              "one-layer models, then the prefill's ops alone (prefill chunk 2048, cache 4096)")
+        print(f"{'program':42} {'prefill (s)':>12} {'decode (s)':>11}")
+        for label, (tp, td) in floor_anatomy(get_preset("jet-nemotron-2b")).items():
+            dec = "" if td is None else f"{td:.2f}"
+            print(f"{label:42} {tp:>12.2f} {dec:>11}", flush=True)
 
     if not args.skip_2b and want("1e"):
         from jet_jax_configs.presets import get_preset
