@@ -283,14 +283,34 @@ def test_attention_kernel_follows_the_teacher_through_supernet_and_subnets(teach
         PostNASConfig(attention_implementation="splash"), "pipeline")
 
 
-def _train_like_fixture(teacher, sup=None, **cfg):
+def _train_like_fixture(teacher, sup=None, data=None, on_log=None, **cfg):
     """The `trained` fixture's run (same super-network init, data, sampler, recipe) with the
     given SupernetTrainConfig fields changed: (trained super-network, history)."""
     sup = SuperNetwork.from_teacher(teacher, "jet", enable_swa=True, seed=1) if sup is None else sup
     tcfg = SupernetTrainConfig(steps=3, optimizer=OptimizerSection(lr=1e-2, warmup_steps=1),
                                log_every=1, **cfg)
-    return train_supernet(sup, teacher, _data(), ChoiceSampler(4, SamplingConfig(budget=1, seed=0)),
-                          tcfg)
+    return train_supernet(sup, teacher, _data() if data is None else data,
+                          ChoiceSampler(4, SamplingConfig(budget=1, seed=0)), tcfg, on_log=on_log)
+
+
+class _ResumableData:
+    """`_data()`'s stream with a position to checkpoint (as the grain iterators have)."""
+
+    def __init__(self):
+        self.batches, self.position = _rows(16, 1), 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        self.position += 1
+        return self.batches[(self.position - 1) % len(self.batches)]
+
+    def get_state(self):
+        return {"position": self.position}
+
+    def set_state(self, state):
+        self.position = state["position"]
 
 
 def _linear_params(sup):
@@ -466,6 +486,48 @@ def test_supernet_training_on_a_mesh_equals_one_device(teacher, trained, monkeyp
     assert preflight(on_mesh.replace(mesh=(1, 1, -1)), "supernet") == (
         "the mesh's data x fsdp = 1 is not a multiple of the 2 processes (each process feeds "
         "its own rows of the batch)")
+
+
+def test_sigterm_saves_the_supernet_step_and_a_rerun_resumes_to_the_same_weights(
+        teacher, trained, tmp_path, monkeypatch, capsys):
+    """SIGTERM during super-network training with checkpoints (the pipeline's supernet_ckpt/):
+    the loop stops at the next step boundary, that step is saved and `Interrupted` names it;
+    the same run started again resumes there and ends with the uninterrupted run's KL and
+    weights, bitwise. `jet-jax postnas` and `jet-jax demo` exit 0 on it."""
+    import os
+    import signal
+
+    from jet_jax_train.postnas.trainer import Interrupted
+    ckpt = dict(checkpoint_dir=str(tmp_path / "ckpt"), save_interval_steps=100)
+
+    def preempt(rec):
+        if rec["step"] == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+    with pytest.raises(Interrupted) as e:
+        _train_like_fixture(teacher, data=_ResumableData(), on_log=preempt, **ckpt)
+    assert (e.value.step, e.value.signum) == (1, signal.SIGTERM)
+    assert "saved step 1" in str(e.value) and "again to resume" in str(e.value)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed again
+    resumed, hist = _train_like_fixture(teacher, data=_ResumableData(), **ckpt)
+    assert [r["step"] for r in hist] == [2, 3]
+    assert [r["kl"] for r in hist] == [r["kl"] for r in trained[1][1:]]
+    for a, b in zip(jax.tree.leaves(_linear_params(resumed)), jax.tree.leaves(_linear_params(trained[0]))):
+        np.testing.assert_array_equal(a, b)
+
+    from jet_jax.cli import main
+    from jet_jax_train.postnas import cli
+
+    def stopped(*_args, **_kw):
+        raise Interrupted(2, signal.SIGTERM, "supernet_ckpt")
+    monkeypatch.setattr(cli, "get_teacher", lambda cfg, out: None)
+    monkeypatch.setattr(cli, "stage_supernet", stopped)
+    monkeypatch.setattr(cli, "pipeline", stopped)
+    sets = ["--set", "teacher=preset:tiny-qwen2", "--output-dir", str(tmp_path / "out")]
+    capsys.readouterr()
+    assert main(["postnas", "supernet", *sets]) == 0
+    assert "stopped: signal 15: saved step 2 to supernet_ckpt" in capsys.readouterr().out
+    assert main(["demo", *sets]) == 0
+    assert "jet-jax demo: stopped: signal 15: saved step 2" in capsys.readouterr().out
 
 
 def test_supernet_remat_and_logits_chunk_train_the_same(teacher, trained, monkeypatch):

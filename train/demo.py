@@ -67,11 +67,15 @@ def run(args: argparse.Namespace) -> int:
     if args.distill_only:
         return run_distill_demo(args, cfg)
     from jet_jax_train.postnas.cli import pipeline, preflight
+    from jet_jax_train.postnas.trainer import Interrupted
     problem = preflight(cfg, "pipeline")
     if problem:
         print(f"jet-jax demo: error: {problem}", file=sys.stderr)
         return 2
-    pipeline(cfg)
+    try:
+        pipeline(cfg)
+    except Interrupted as e:  # SIGTERM / Ctrl-C during the super-network: its step is saved
+        print(f"jet-jax demo: stopped: {e}")
     return 0
 
 

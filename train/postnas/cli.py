@@ -27,6 +27,7 @@ from jet_jax_train.config import ConfigError, apply_overrides
 from jet_jax_train.postnas.config import PostNASConfig, load_config
 from jet_jax_train.postnas.pipeline import pipeline  # noqa: F401 - `jet-jax demo` runs it from here
 from jet_jax_train.postnas.progress import log
+from jet_jax_train.postnas.trainer import Interrupted
 from jet_jax_train.postnas.stages import (get_teacher, load_supernet, placement_from,
                                   references as _references, stage_blocks, stage_hardware,
                                   stage_search, stage_supernet, task_suite)
@@ -135,6 +136,14 @@ def run(args) -> int:
     if problem:
         print(f"jet-jax postnas: error: {problem}", file=sys.stderr)
         return 2
+    try:
+        return _run_stage(args, cfg)
+    except Interrupted as e:  # preempted: the super-network's step is saved, exit cleanly
+        log(f"stopped: {e}")
+        return 0
+
+
+def _run_stage(args, cfg: PostNASConfig) -> int:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if args.stage == "pipeline":

@@ -10,10 +10,15 @@ step), take a batch from the grain iterator and update; optionally checkpoint
 (`jet_jax_train.checkpointing.TrainCheckpointer`, train state + data-iterator state) and resume.
 With a "fixed" sampler the same loop is plain distillation of one architecture (used by block
 selection and hardware search so every candidate gets the identical recipe).
+
+A run with checkpoints stops cleanly on SIGTERM / SIGINT (a preemption; on several processes
+at the same step, `jet_jax_train.preemption`): the step is saved and `Interrupted` is raised,
+and the same run started again resumes there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Callable, Iterator, Mapping
 
@@ -29,7 +34,19 @@ from jet_jax_train.flat_model import FlatModel
 from jet_jax_train.loop import TrainLoop
 from jet_jax_train.postnas.sampling import ChoiceSampler
 from jet_jax_train.postnas.supernet import SuperNetwork, frozen_patterns
+from jet_jax_train.preemption import Preemption
 from jet_jax_train.train_step import BATCH_AXES, DistillStep, shard_batch
+
+
+class Interrupted(Exception):
+    """Training stopped on a signal after saving `step` to `checkpoint_dir`; the same run
+    started again resumes there."""
+
+    def __init__(self, step: int, signum: int | None, checkpoint_dir: str):
+        what = f"signal {signum}" if signum is not None else "a signal to another process"
+        super().__init__(f"{what}: saved step {step} to {checkpoint_dir}; run the same command "
+                         "again to resume")
+        self.step, self.signum, self.checkpoint_dir = step, signum, checkpoint_dir
 
 
 class SupernetDistillStep(DistillStep):
@@ -192,19 +209,30 @@ def train_supernet(supernet, teacher, data: Iterator[Mapping[str, np.ndarray]],
         return data.get_state() if hasattr(data, "get_state") else {}
 
     stage = stage or ("super-network" if is_super else "distill")
+    stop = Preemption() if ckpt is not None else None  # only a run that can resume stops early
     loop = TrainLoop(step_fn, stage=stage, total_steps=cfg.steps, progress=progress,
-                     tokens=lambda inputs: int(np.asarray(inputs[0]["input_ids"]).size))
+                     tokens=lambda inputs: int(np.asarray(inputs[0]["input_ids"]).size),
+                     stop_requested=None if stop is None else stop.should_stop)
     loop.every(cfg.log_every, record)
     if ckpt is not None:
-        loop.every(1, lambda info: ckpt.maybe_save(info.step, info.state, data_state=data_state()))
-        if start < cfg.steps and cfg.steps % cfg.save_interval_steps:
-            loop.at_end(lambda info: ckpt.maybe_save(info.step, info.state,
-                                                     data_state=data_state(), force=True))
+        saved = {"step": start}
+
+        def save(info):
+            if ckpt.maybe_save(info.step, info.state, data_state=data_state()):
+                saved["step"] = info.step
+
+        def save_last(info):  # the last step, or the one a signal stopped at
+            if info.step > saved["step"]:
+                ckpt.maybe_save(info.step, info.state, data_state=data_state(), force=True)
+        loop.every(1, save).at_end(save_last)
     try:
-        state, _ = loop.run(state, next_input, start=start)
+        with stop.installed() if stop is not None else contextlib.nullcontext():
+            state, result = loop.run(state, next_input, start=start)
     finally:
         if ckpt is not None:
             ckpt.close()
+    if result.interrupted:
+        raise Interrupted(result.end_step, stop.signum, cfg.checkpoint_dir)
     # The trained parameters stay where the step left them (sharded over the mesh), so
     # whatever runs the returned model next (scoring, sub-networks, timings) runs on the
     # same devices instead of copying the parameters from the host at every call.
