@@ -10,9 +10,10 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
+import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -135,6 +136,32 @@ def state_shardings(state, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
         return NamedSharding(mesh, fitted_spec(shape, names, mesh, rules))
 
     return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def host_array(x) -> np.ndarray:
+    """The whole of `x` as a host numpy array, also when it is sharded over several processes
+    (then every process gathers it: a collective, all must call)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
+def place(value, sharding: jax.sharding.Sharding) -> jax.Array:
+    """A host array as a `jax.Array` laid out by `sharding`: each device (of every process)
+    receives only its own shard, so no device ever holds the whole array."""
+    value = np.asarray(value)
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+
+def sharded_init(make: Callable[[], nnx.Module], mesh: Mesh) -> nnx.Module:
+    """`make()` (a module built by random initialisation) with every variable created already
+    sharded over `mesh` by its logical axis names (`state_shardings`): the construction runs
+    under `jit` with those output shardings, so each device computes and holds only its shard
+    (a model larger than one device can be built)."""
+    graphdef, abstract = nnx.split(nnx.eval_shape(make))
+    state = jax.jit(lambda: nnx.split(make())[1], out_shardings=state_shardings(abstract, mesh))()
+    return nnx.merge(graphdef, state)
 
 
 def make_mesh(shape: Sequence[int], axis_names: Sequence[str] = MESH_AXES,

@@ -17,6 +17,7 @@ from jet_jax.evaluation import MCExample
 from jet_jax.model import JetNemotronForCausalLM
 from jet_jax_train.config import LossSection, OptimizerSection
 from jet_jax_train.data import MQARConfig
+from jet_jax_train.flat_model import FlatModel
 from jet_jax_train.data.mqar import make_mqar_example
 from jet_jax_train.data.packing import finalize_row, lm_example
 from jet_jax_train.postnas import throughput as tp
@@ -455,13 +456,22 @@ def test_supernet_training_on_a_mesh_equals_one_device(teacher, trained, monkeyp
     # finals' (`train_cfg`)
     from jet_jax_train.postnas import stages
     seen = []
+    built = []
     monkeypatch.setattr(stages, "train_supernet",
                         lambda sup, t, data, sampler, tcfg, **kw: (
-                            seen.append((tcfg.mesh_shape, tcfg.remat, tcfg.loss.logits_chunk)), (sup, []))[1])
+                            seen.append((tcfg.mesh_shape, tcfg.remat, tcfg.loss.logits_chunk)),
+                            built.extend([t, sup]), (sup, []))[2])
     on_mesh = PostNASConfig(teacher="preset:tiny-qwen2", mesh=(2, 2, 2), batch_size=8,
                             supernet_steps=1, remat=True, logits_chunk=16)
     stages.stage_supernet(on_mesh, tmp_path, stages.get_teacher(on_mesh, tmp_path))
     assert seen == [((2, 2, 2), True, 16)]
+    # the teacher and the super-network are built sharded over the mesh (no device holds
+    # either whole), laid out as the train step lays them out
+    mesh = trainer.train_mesh((2, 2, 2))
+    for model in built:
+        want = FlatModel(model).shardings(mesh)
+        for k, x in FlatModel(model).params(model).items():
+            assert x.sharding == want[k], k
     tc = stages.train_cfg(on_mesh, 1, 1e-3, False)
     assert (tc.mesh_shape, tc.remat, tc.loss.logits_chunk) == ((2, 2, 2), True, 16)
     assert preflight(on_mesh, "pipeline") is None

@@ -49,27 +49,33 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def load_teacher(spec: str, *, dtype=jnp.float32, param_dtype=jnp.float32, seed: int = 0,
-                 **model_options) -> JetNemotronForCausalLM:
+                 mesh=None, **model_options) -> JetNemotronForCausalLM:
     """`preset:<name>` (random init) or an HF directory, computing in `dtype` with parameters
     held in `param_dtype`. `model_options`: constructor arguments such as `scan_layers` and
-    the `*_implementation`s (ModelSection.model_options)."""
+    the `*_implementation`s (ModelSection.model_options). mesh: build it sharded over this
+    mesh by its logical axes (no device holds it whole) instead of on the default device."""
     if spec.startswith("preset:"):
         from jet_jax.presets import get_preset
+        from jet_jax.sharding import sharded_init
         cfg = get_preset(spec.split(":", 1)[1])
-        model = JetNemotronForCausalLM(cfg, rngs=nnx.Rngs(seed), dtype=dtype, **model_options)
+
+        def build(**kw):
+            make = lambda: JetNemotronForCausalLM(cfg, rngs=nnx.Rngs(seed), dtype=dtype,  # noqa: E731
+                                                  **kw, **model_options)
+            return make() if mesh is None else sharded_init(make, mesh)
+        model = build()
         if jnp.dtype(param_dtype) == jnp.float32:
             return model
         # initialised in float32 and rounded, as an HF teacher is: the same network in either
         # dtype (initialising in bf16 would draw other weights)
-        out = JetNemotronForCausalLM(cfg, rngs=nnx.Rngs(seed), dtype=dtype,
-                                     param_dtype=param_dtype, **model_options)
+        out = nnx.eval_shape(lambda: build(param_dtype=param_dtype))
         nnx.update(out, jax.tree.map(lambda x: x.astype(param_dtype),
                                      nnx.state(model, nnx.Param)))
         return out
     if not os.path.isdir(spec):
         raise FileNotFoundError(f"teacher {spec!r} is neither 'preset:<name>' nor an HF directory")
     from jet_jax.convert.hf import from_hf
-    return from_hf(spec, dtype=dtype, param_dtype=param_dtype, **model_options)
+    return from_hf(spec, dtype=dtype, param_dtype=param_dtype, mesh=mesh, **model_options)
 
 
 def check_teacher(spec: str) -> None:
@@ -149,13 +155,16 @@ def run_distill(cfg: TrainConfig, *, teacher_model: JetNemotronForCausalLM | Non
     dtype = DTYPES[cfg.model.dtype]
 
     options = cfg.model.model_options()
+    # On a mesh of several devices the teacher and the student are built sharded (each device
+    # holds only its shards), so models larger than one device's memory can start.
+    build_mesh = mesh if mesh.devices.size > 1 else None
     teacher = teacher_model if teacher_model is not None else load_teacher(
         cfg.model.teacher, dtype=dtype, param_dtype=DTYPES[cfg.model.teacher_param_dtype],
-        seed=cfg.model.init_seed + 1, **options)
+        seed=cfg.model.init_seed + 1, mesh=build_mesh, **options)
     layer_types = student_layer_types(cfg, teacher.config.num_hidden_layers)
     student = student_from_teacher(teacher, layer_types, jet=cfg.model.jet,
                                    window_size=cfg.model.window_size, seed=cfg.model.init_seed,
-                                   dtype=dtype, remat=cfg.model.remat, **options)
+                                   dtype=dtype, remat=cfg.model.remat, mesh=build_mesh, **options)
     s_flat, t_flat = FlatModel(student), FlatModel(teacher)
     ds = DistillStep(s_flat, t_flat, cfg.optimizer, cfg.loss, mesh, total_steps=cfg.train.steps)
     teacher_params = ds.put_teacher(t_flat.params(teacher))

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 
 from jet_jax.config import JetBlockConfig, ModelConfig
 from jet_jax.model import JetNemotronForCausalLM
+from jet_jax.sharding import host_array, place, sharded_init
 
 TEACHER_ATTENTION = ("attn", "swa")
 
@@ -77,19 +78,27 @@ def _jet_from_attention(name: str, shape: tuple, teacher: dict, prefix: str, tcf
 def student_from_teacher(teacher_model: JetNemotronForCausalLM, layer_types, *,
                          jet: JetBlockConfig | None = None, window_size: int | None = None,
                          seed: int = 0, dtype=jnp.float32, param_dtype=jnp.float32,
-                         remat: bool = False, return_sources: bool = False, **model_options):
+                         remat: bool = False, return_sources: bool = False, mesh=None,
+                         **model_options):
     """Student model (see module docstring); with `return_sources`, also a dict
     {flat param name: where its initial value came from}. `model_options`: further
-    `JetNemotronForCausalLM` arguments (`scan_layers`, the `*_implementation`s)."""
+    `JetNemotronForCausalLM` arguments (`scan_layers`, the `*_implementation`s).
+
+    mesh: build the student sharded over this mesh by its logical axes (random init under
+    `jit`, teacher-derived values placed shard by shard), so no device holds it whole; the
+    teacher's values pass through host memory."""
     # Imported here: flat_model is a training helper, student only needs its naming.
     from jet_jax_train.flat_model import FlatModel
 
     tcfg = teacher_model.config
     scfg = student_config(tcfg, layer_types, jet=jet, window_size=window_size)
-    student = JetNemotronForCausalLM(scfg, rngs=nnx.Rngs(seed), dtype=dtype,
-                                     param_dtype=param_dtype, remat=remat, **model_options)
+
+    def make():
+        return JetNemotronForCausalLM(scfg, rngs=nnx.Rngs(seed), dtype=dtype,
+                                      param_dtype=param_dtype, remat=remat, **model_options)
+    student = make() if mesh is None else sharded_init(make, mesh)
     teacher_flat = FlatModel(teacher_model)
-    teacher = {k: np.asarray(v) for k, v in teacher_flat.params(teacher_model).items()}
+    teacher = {k: host_array(v) for k, v in teacher_flat.params(teacher_model).items()}
     smodel = FlatModel(student)
     params = smodel.params(student)
     sources: dict[str, str] = {}
@@ -120,7 +129,8 @@ def student_from_teacher(teacher_model: JetNemotronForCausalLM, layer_types, *,
         array, src = new
         if array.shape != value.shape:  # a bug in the mapping above, never user input
             raise AssertionError(f"{key}: derived shape {array.shape} != {value.shape}")
-        params[key] = jnp.asarray(array, dtype=value.dtype)
+        params[key] = (jnp.asarray(array, dtype=value.dtype) if mesh is None
+                       else place(np.asarray(array, dtype=value.dtype), value.sharding))
         sources[key] = src
     student = smodel.merge(params)
     return (student, sources) if return_sources else student

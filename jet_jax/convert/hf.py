@@ -17,6 +17,7 @@ from safetensors.numpy import save_file
 from jet_jax.config import ModelConfig
 from jet_jax.convert.key_table import IGNORED_HF_SUFFIXES, key_table
 from jet_jax.model import JetNemotronForCausalLM
+from jet_jax.sharding import place, state_shardings
 from jet_jax.staged_dir import copy_tokenizer_files, staged_directory
 
 SAFE_INDEX = "model.safetensors.index.json"
@@ -92,8 +93,12 @@ def check_tensors(cfg: ModelConfig, tensors: dict[str, np.ndarray]) -> None:
 
 
 def from_hf(path: str | os.PathLike, *, param_dtype=jnp.float32, dtype=None,
-            config: ModelConfig | None = None, **model_kwargs) -> JetNemotronForCausalLM:
-    """Load an HF `qwen2` or `jet_nemotron` directory into a JAX model (it knows its config)."""
+            config: ModelConfig | None = None, mesh=None, **model_kwargs) -> JetNemotronForCausalLM:
+    """Load an HF `qwen2` or `jet_nemotron` directory into a JAX model (it knows its config).
+
+    mesh: place every parameter sharded over this `(data, fsdp, tensor)` mesh by its logical
+    axes (each device receives only its shard; the tensors pass through host memory), instead
+    of whole on the default device."""
     path = Path(path)
     if config is None:
         if not (path / "config.json").exists():
@@ -106,9 +111,11 @@ def from_hf(path: str | os.PathLike, *, param_dtype=jnp.float32, dtype=None,
     graphdef, state = nnx.split(abstract)
     flat = dict(nnx.to_flat_state(state))
     np_dtype = _np_dtype(param_dtype)
+    shardings = None if mesh is None else dict(nnx.to_flat_state(state_shardings(state, mesh)))
     for spec in key_table(config):
-        var = flat[spec.path]
-        var.set_value(jnp.asarray(spec.from_hf(tensors[spec.hf_key]).astype(np_dtype)))
+        value = spec.from_hf(tensors[spec.hf_key]).astype(np_dtype)
+        flat[spec.path].set_value(jnp.asarray(value) if shardings is None
+                                  else place(value, shardings[spec.path]))
     return nnx.merge(graphdef, state)
 
 

@@ -27,7 +27,7 @@ from jet_jax_train.postnas.placement_search import TaskSuite, normalize, objecti
 from jet_jax_train.progress import progress_bar
 from jet_jax_train.postnas.supernet import (SuperNetwork, count_params, extract_subnet,
                                     layer_types_from_choice)
-from jet_jax_train.postnas.trainer import SupernetTrainConfig, train_supernet
+from jet_jax_train.postnas.trainer import SupernetTrainConfig, build_mesh, train_supernet
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,10 +37,11 @@ class ThroughputConfig:
     steps: int = 32
 
 
-def build_student(teacher, choice, block: str, *, jet=None, zoo=None, seed: int = 0):
-    """A fresh student for placement `choice` with linear block `block` (see module doc)."""
+def build_student(teacher, choice, block: str, *, jet=None, zoo=None, seed: int = 0, mesh=None):
+    """A fresh student for placement `choice` with linear block `block` (see module doc);
+    built sharded over `mesh` if given."""
     sup = SuperNetwork.from_teacher(teacher, block, enable_swa=2 in tuple(int(c) for c in choice),
-                                    seed=seed, jet=jet, zoo=zoo)
+                                    seed=seed, jet=jet, zoo=zoo, mesh=mesh)
     return extract_subnet(sup, layer_types_from_choice(choice, block))
 
 
@@ -68,7 +69,8 @@ def evaluate_architecture(teacher, choice, block: str, *, data: Callable[[], Ite
     objective, train/decode tokens/s, cache bytes, parameter count.
     """
     log = log or (lambda msg: None)
-    student = build_student(teacher, choice, block, jet=jet, zoo=zoo, seed=seed)
+    student = build_student(teacher, choice, block, jet=jet, zoo=zoo, seed=seed,
+                            mesh=build_mesh(train_cfg.mesh_shape))
     t0 = time.perf_counter()
     student, hist = train_supernet(student, teacher, data(), None, train_cfg)
     train_s = time.perf_counter() - t0

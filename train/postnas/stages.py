@@ -45,7 +45,7 @@ from jet_jax_train.postnas.sampling import ChoiceSampler, SamplingConfig
 from jet_jax_train.postnas.supernet import (ATTN, LINEAR, SuperNetwork, choice_from_layer_types,
                                     extract_subnet, layer_types_from_choice)
 from jet_jax_train.postnas.throughput import cache_bytes, measure_decode_throughput
-from jet_jax_train.postnas.trainer import SupernetTrainConfig, train_supernet
+from jet_jax_train.postnas.trainer import SupernetTrainConfig, build_mesh, train_supernet
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -121,22 +121,24 @@ def get_teacher(cfg: PostNASConfig, out: Path):
     from jet_jax_train.postnas.teacher import load_teacher, pretrain_teacher
     # Every model built from the teacher (super-network, sub-networks, students) runs its
     # attention kernel and computes in its dtype (SuperNetwork.from_teacher, extract_subnet).
-    kernels = dict(attention_implementation=cfg.attention_implementation)
+    # On a mesh of several devices it is built sharded as training lays it out.
+    options = dict(attention_implementation=cfg.attention_implementation,
+                   mesh=build_mesh(tuple(cfg.mesh)))
     # Held in `teacher_param_dtype`; a teacher pre-trained here trains in float32 and is
     # rounded when loaded back.
     held = dict(param_dtype=jnp.dtype(cfg.teacher_param_dtype), dtype=jnp.dtype(cfg.dtype))
     if cfg.teacher:
         log(f"teacher: {cfg.teacher}")
-        t = load_teacher(cfg.teacher, seed=cfg.seed, **held, **kernels)
+        t = load_teacher(cfg.teacher, seed=cfg.seed, **held, **options)
     elif (out / "teacher" / "config.json").exists():
         log(f"teacher: reusing {out / 'teacher'}")
-        t = from_hf(out / "teacher", **held, **kernels)
+        t = from_hf(out / "teacher", **held, **options)
     else:
         tcfg = pretrained_teacher_config(cfg)
         log(f"teacher: pre-training {tcfg.describe()} for {cfg.teacher_steps} steps")
         t = pretrain_teacher(tcfg, data_config(cfg, seed_offset=100), steps=cfg.teacher_steps,
                              lr=cfg.teacher_lr, seed=cfg.seed, out_dir=out / "teacher", log=log,
-                             **held, **kernels)
+                             **held, **options)
     t.config = with_linear_block(cfg, t.config)
     return t
 
@@ -203,7 +205,8 @@ def uniform_like(cfg: PostNASConfig, choice: np.ndarray, num_layers: int) -> np.
 # ----------------------------------------------------------------------------- stages
 def stage_supernet(cfg: PostNASConfig, out: Path, teacher):
     sup = SuperNetwork.from_teacher(teacher, cfg.block, enable_swa=cfg.enable_swa or cfg.swa_budget > 0,
-                                    seed=cfg.seed, jet=jet_config(cfg), window_size=cfg.window_size)
+                                    seed=cfg.seed, jet=jet_config(cfg), window_size=cfg.window_size,
+                                    mesh=build_mesh(tuple(cfg.mesh)))
     sampler = ChoiceSampler(sup.num_layers, SamplingConfig(
         rule=cfg.sampling_rule, budget=cfg.budget, swa_budget=cfg.swa_budget, seed=cfg.seed))
     # the shared recipe (mesh, remat, loss), with the super-network's own warmup, logging and
@@ -306,7 +309,8 @@ def stage_finals(cfg: PostNASConfig, teacher, sup, placements: dict, block: str,
         for s in range(cfg.final_seeds):
             runs.set_postfix_str(f"{name} seed {s}")
             if shape_kw:
-                student = build_student(teacher, ch, block, seed=cfg.seed + s, **shape_kw)
+                student = build_student(teacher, ch, block, seed=cfg.seed + s,
+                                        mesh=build_mesh(tuple(cfg.mesh)), **shape_kw)
             else:
                 student = extract_subnet(sup, lt)
             if s == 0 or shape_kw:  # from the super-network every seed starts identical

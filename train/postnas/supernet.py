@@ -32,6 +32,7 @@ from jet_jax.layers.mlp import MLP
 from jet_jax.layers.norms import RMSNorm
 from jet_jax.model import (JetNemotronForCausalLM, constrain_residual, default_positions,
                            embed_lookup, make_lm_head, make_token_embedding, output_logits)
+from jet_jax.sharding import sharded_init
 
 LINEAR, ATTN, SWA = 0, 1, 2
 
@@ -192,7 +193,7 @@ class SuperNetwork(nnx.Module):
                      enable_swa: bool = False, seed: int = 0, jet=None,
                      zoo: dict[str, dict] | None = None, window_size: int | None = None,
                      dtype=None, param_dtype=jnp.float32,
-                     attention_implementation: str | None = None) -> "SuperNetwork":
+                     attention_implementation: str | None = None, mesh=None) -> "SuperNetwork":
         """Copy the teacher's embeddings, norms, MLPs and attention; init the linear paths.
 
         jet: a `JetBlockConfig` for the JetBlock paths (default: the teacher config's);
@@ -200,7 +201,10 @@ class SuperNetwork(nnx.Module):
         window_size: SWA window (default: the teacher config's);
         dtype: compute dtype, default the teacher's; param_dtype: the super-network's own
         parameters (the teacher's are copied into it);
-        attention_implementation: default the teacher's attention kernel.
+        attention_implementation: default the teacher's attention kernel;
+        mesh: build it sharded over this mesh by its logical axes (no device holds it whole;
+        the teacher's arrays keep their own layout, which is the same for a teacher loaded
+        with this mesh).
         """
         tcfg = teacher.config
         if not all(t == "attn" for t in tcfg.layer_types):
@@ -217,8 +221,10 @@ class SuperNetwork(nnx.Module):
             attention_implementation = teacher.model.layers[0].self_attn.implementation
         if dtype is None:
             dtype = teacher.model.embed_tokens.dtype or jnp.float32
-        sup = cls(cfg, block, enable_swa=enable_swa, rngs=nnx.Rngs(seed), dtype=dtype,
-                  param_dtype=param_dtype, attention_implementation=attention_implementation)
+        def make():
+            return cls(cfg, block, enable_swa=enable_swa, rngs=nnx.Rngs(seed), dtype=dtype,
+                       param_dtype=param_dtype, attention_implementation=attention_implementation)
+        sup = make() if mesh is None else sharded_init(make, mesh)
 
         def copy(dst, src):
             # Into the super-network's own dtype: a teacher held in bf16 gives float32 copies

@@ -121,6 +121,12 @@ def train_mesh(shape: tuple[int, int, int] | None):
         else mesh_from_config(shape)
 
 
+def build_mesh(shape: tuple[int, int, int] | None):
+    """The mesh models are built sharded over for a run on `shape` (its training mesh), or
+    None for one device (they are built whole there)."""
+    return None if shape is None or tuple(shape) == (1, 1, 1) else train_mesh(shape)
+
+
 def frozen_attention_patterns(layer_types) -> tuple[str, ...]:
     """Regexes freezing the attention mixers of a plain student (its `attn`/`swa` layers)."""
     idx = [str(i) for i, t in enumerate(layer_types) if t in ("attn", "swa")]
