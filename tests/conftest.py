@@ -1,10 +1,23 @@
-"""Test-wide settings: 8 fake CPU devices (set before jax is imported) for the mesh tests."""
+"""Test-wide settings: 8 fake CPU devices (set before jax is imported) for the mesh tests, and
+one XLA compilation cache for the session."""
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Many tests compile the same small programs (a tiny model's train or decode step), in this
+# process, in the xdist workers and in the runs they start as subprocesses; all of them
+# inherit this cache, so each program is compiled once per session. XLA's cache key covers
+# the program, the compile options and the XLA flags (device count), so nothing is shared
+# that should not be. Removed by the process that made it.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jet-jax-tests-xla-")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 import pytest  # noqa: E402  (after the environment above)
 
