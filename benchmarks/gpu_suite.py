@@ -28,7 +28,8 @@ and prints them as it goes. A failing row prints why; the rest still run.
       to `VERIFIED` in jet_jax/ops/attention.py for this backend only after its rows here
       PASS; the suite prints the line.
   (e) the layer scan on the device: the Jet-Nemotron-2B preset (bf16, random weights)
-      `stack_layers` vs unrolled: lower+compile time of the decode step (the issue measured
+      `stack_layers` (with and without fused input projections) vs unrolled: lower+compile
+      time of the decode step (the issue measured
       18.6 s unrolled on an H200) and, stacked, of a 2048-token prefill chunk (63.7 s
       unrolled), and the decode step time at batch 64 (does slicing each layer's weights out
       of a stack cost time here?). Runs before (c) and leaves it its time.
@@ -283,11 +284,11 @@ def layer_scan(rep, cpu, keep_s=215):
     model = JetNemotronForCausalLM(cfg, rngs=nnx.Rngs(0), dtype=dt, param_dtype=dt)
     i32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.int32)
     rows = []
-    for mode in ("stacked", "unrolled"):
+    for mode in ("stacked", "stacked, projections unfused", "unrolled"):
         if rep.left() < keep_s:
             rows.append((mode, f"skipped: time budget ({rep.left():.0f} s left)", "", ""))
             continue
-        m = model if mode == "unrolled" else stack_layers(model)
+        m = model if mode == "unrolled" else stack_layers(model, fuse_projections=mode == "stacked")
         graphdef, state = nnx.split(m)
         cache = m.init_cache(batch, ctx, dt)
         t0 = time.perf_counter()
@@ -295,7 +296,8 @@ def layer_scan(rep, cpu, keep_s=215):
         compile_decode = time.perf_counter() - t0
         step_s = median_decode_step_s(step, state, batch, cache, 10)
         del cache, step
-        prefill_s = "not run (the issue: 63.7 s at 4265ea6)" if mode == "unrolled" else "skipped: time budget"
+        prefill_s = ("not run (the issue: 63.7 s at 4265ea6)" if mode == "unrolled" else
+                     "not run" if mode != "stacked" else "skipped: time budget")
         if mode == "stacked" and rep.left() > keep_s:
             one = jax.eval_shape(functools.partial(m.init_cache, 1, ctx, dt))
             t0 = time.perf_counter()

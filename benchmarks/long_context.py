@@ -22,6 +22,9 @@
      of: the prefill and decode compile of a model of one layer of each type alone, and the
      prefill compile of the ops alone at the 2B prefill shapes (chunked gated delta rule,
      chunked attention with and without the sliding window, the dense reference for scale);
+     1g. fused input projections (`stack_layers(fuse_projections=...)`): compile time of the
+     2B programs and the decode program's instruction counts without and with, side by side,
+     and the decode step and prefill chunk times at the 2B widths with 8 layers;
   2. the compiled decode step's temporary memory as a fraction of its cache (all-attention
      model, 4 layers, batch 8, 8192 positions, float32; cache donated); 2b. the 2B preset's
      decode step: temporaries in bf16 and f32, and the bf16 step time (random weights);
@@ -59,13 +62,13 @@ from jet_jax.model import JetNemotronForCausalLM, stack_layers
 MODES = {"before": dict(scan=False, attention="xla"), "after": dict(scan=True, attention="auto")}
 
 
-def build(cfg, mode, dtype=jnp.float32, abstract=False):
+def build(cfg, mode, dtype=jnp.float32, abstract=False, fuse_projections=True):
     m = MODES[mode]
 
     def make():
         model = JetNemotronForCausalLM(cfg, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=dtype,
                                        attention_implementation=m["attention"])
-        return stack_layers(model) if m["scan"] else model
+        return stack_layers(model, fuse_projections=fuse_projections) if m["scan"] else model
     return nnx.eval_shape(make) if abstract else make()
 
 
@@ -173,6 +176,51 @@ def compile_anatomy(cfg, dtype=jnp.bfloat16, repeats=2) -> dict:
         hlo = compiled.as_text()
         out[name] = (best[0], hlo.count(" fusion("), hlo.count(" dot("), best[1])
     return out
+
+
+def fusion_times(cfg, repeats=3, run_layers=("jet",) * 4 + ("attn",) + ("jet",) * 2 + ("swa",),
+                 steps=5) -> dict:
+    """Fused input projections (`stack_layers(fuse_projections=...)`), 'after' code, side by
+    side: {(dtype, fused): (prefill compile s, decode compile s, fusions, dots)} for `cfg`
+    (lower + compile, best of `repeats`, the two alternating; instruction counts of the
+    decode program), and {(dtype, fused): (decode step s at batch 1, at batch 8, prefill chunk
+    s)} of `cfg`'s widths with `run_layers` (random weights; medians of `steps`; a 4096-token
+    cache, a 2048-token prefill chunk)."""
+    compiled, run = {}, {}
+    for name in ("bfloat16", "float32"):
+        dt = jnp.dtype(name)
+        ct = _best_compile_times({fused: (lambda fused=fused: _lowerings(
+            build(cfg, "after", dt, abstract=True, fuse_projections=fused), dtype=dt))
+            for fused in (False, True)}, repeats)
+        for fused, (tp, td) in ct.items():
+            hlo = _lowerings(build(cfg, "after", dt, abstract=True, fuse_projections=fused),
+                             dtype=dt)["decode"]().compile().as_text()
+            compiled[name, fused] = (tp, td, hlo.count(" fusion("), hlo.count(" dot("))
+        small = cfg.replace(num_hidden_layers=len(run_layers), layer_types=tuple(run_layers))
+        unrolled = JetNemotronForCausalLM(small, rngs=nnx.Rngs(0), dtype=dt, param_dtype=dt)
+        for fused in (False, True):
+            model = stack_layers(unrolled, fuse_projections=fused)
+            graphdef, state = nnx.split(model)
+            row = []
+            for batch in (1, 8):
+                cache = model.init_cache(batch, 4096, dt)
+                step = decode_step.lower(graphdef, state, _i32(batch), _i32(batch), cache).compile()
+                row.append(median_decode_step_s(step, state, batch, cache, steps))
+                del cache, step
+            chunk = jnp.asarray(np.random.default_rng(0).integers(0, 256, (1, 2048)), jnp.int32)
+            args = (chunk, jnp.ones((1, 2048), jnp.int32), jnp.arange(2048, dtype=jnp.int32)[None])
+            start = jnp.ones((1,), bool)
+            step = prefill_step.lower(graphdef, state, *args, model.init_cache(1, 4096, dt), start).compile()
+            ts = []
+            for _ in range(2):
+                cache = jax.block_until_ready(model.init_cache(1, 4096, dt))
+                t0 = time.perf_counter()
+                jax.block_until_ready(step(state, *args, cache, start))
+                ts.append(time.perf_counter() - t0)
+            run[name, fused] = (*row, min(ts))
+            del model, state, step, cache
+        del unrolled
+    return compiled, run
 
 
 def floor_anatomy(cfg, dtype=jnp.bfloat16, chunk=2048, context=4096, repeats=2) -> dict:
@@ -323,7 +371,7 @@ def main(argv=None):
                    default=[2048, 4096, 8192], help="table 5: tokens per device")
     p.add_argument("--skip-2b", action="store_true", help="skip the Jet-Nemotron-2B tables (1, 2b)")
     p.add_argument("--only", type=lambda s: set(s.split(",")), default=None,
-                   help="comma-separated tables to run, of 1 (with 1b, 1c), 1d, 1e, 1f, 2, 2b, 3, 4, 5, 6 (default: all)")
+                   help="comma-separated tables to run, of 1 (with 1b, 1c), 1d, 1e, 1f, 1g, 2, 2b, 3, 4, 5, 6 (default: all)")
     p.add_argument("--baseline", default="4265ea6",
                    help="git revision compiled as 'base' in table 1 ('' to skip)")
     p.add_argument("--before-max-context", type=int, default=None,
@@ -388,6 +436,21 @@ def main(argv=None):
         for label, (tp, td) in floor_anatomy(get_preset("jet-nemotron-2b")).items():
             dec = "" if td is None else f"{td:.2f}"
             print(f"{label:42} {tp:>12.2f} {dec:>11}", flush=True)
+
+    if not args.skip_2b and want("1g"):
+        from jet_jax_configs.presets import get_preset
+        compiled, run = fusion_times(get_preset("jet-nemotron-2b"))
+        print("\n1g. fused input projections (stack_layers(fuse_projections=False / True)), 2B "
+              "preset: lower + compile (best of 3, alternating) and the decode program's fusion "
+              "and dot instructions")
+        print(f"{'dtype':9} {'fused':6} {'prefill (s)':>12} {'decode (s)':>11} {'fusions':>8} {'dots':>5}")
+        for (name, fused), (tp, td, nf, nd) in compiled.items():
+            print(f"{name:9} {str(fused):6} {tp:>12.2f} {td:>11.2f} {nf:>8} {nd:>5}", flush=True)
+        print("\n    run time at the 2B widths, 8 layers (jet x4, attn, jet x2, swa), random weights: "
+              "decode step (4096-token cache, median of 5), 2048-token prefill chunk (best of 2)")
+        print(f"{'dtype':9} {'fused':6} {'decode b1 (s)':>14} {'decode b8 (s)':>14} {'prefill (s)':>12}")
+        for (name, fused), (d1, d8, pf) in run.items():
+            print(f"{name:9} {str(fused):6} {d1:>14.3f} {d8:>14.3f} {pf:>12.2f}", flush=True)
 
     if not args.skip_2b and want("1e"):
         from jet_jax_configs.presets import get_preset

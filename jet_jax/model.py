@@ -8,6 +8,7 @@ from flax import nnx
 
 from jet_jax.config import ModelConfig
 from jet_jax.layers.decoder import DecoderLayer
+from jet_jax.layers.fused_linear import fuse_inputs, unfuse_inputs
 
 ATTENTION_TYPES = ("attn", "swa")  # layers whose decode cache is a KV buffer
 from jet_jax.layers.norms import RMSNorm
@@ -387,7 +388,7 @@ def _written_after(rows, h: jax.Array):
     return jax.tree.map(tied, rows)
 
 
-def stack_layers(model: JetNemotronForCausalLM) -> JetNemotronForCausalLM:
+def stack_layers(model: JetNemotronForCausalLM, fuse_projections: bool = True) -> JetNemotronForCausalLM:
     """A scanning view of `model` (arrays shared, `model` unchanged) for inference.
 
     The layers of each type in `stacked_types()` (linear types with a multi-layer run) are
@@ -395,9 +396,15 @@ def stack_layers(model: JetNemotronForCausalLM) -> JetNemotronForCausalLM:
     16-bit floats held as bits on CPU, see `float_bits`), so jitted steps no longer stack
     them and every run of a type scans rows of the same stack; the other layers (attention:
     their KV buffers are updated in place) stay single in `model.model.layers`. Training,
-    checkpoints and HF conversion use the per-layer tree (`unstack_layers` goes back)."""
+    checkpoints and HF conversion use the per-layer tree (`unstack_layers` goes back).
+
+    With `fuse_projections` (default), every layer's projections of one input are fused into
+    one matrix (`jet_jax.layers.fused_linear`: q/k/v, the JetBlock's six input projections
+    and its kernel generator's first layer, the MLP's gate/up), so a decode step runs one
+    product per layer input."""
     if model.layers_stacked:
         return model
+    fuse = fuse_inputs if fuse_projections else (lambda m: m)
     out = nnx.merge(*nnx.split(model))  # new module objects over the same arrays
     out.scan_layers = True
     lt = out.config.layer_types
@@ -405,9 +412,10 @@ def stack_layers(model: JetNemotronForCausalLM) -> JetNemotronForCausalLM:
     stacks = []
     for t in types:
         layers = [out.model.layers[i] for i in range(len(lt)) if lt[i] == t]
-        stacks.append(nnx.merge(nnx.split(layers[0])[0], _stacked_params(layers)))
+        stacks.append(fuse(nnx.merge(nnx.split(layers[0])[0], _stacked_params(layers))))
     out.model.layer_stacks = nnx.List(stacks)
-    out.model.layers = nnx.List([out.model.layers[i] for i in range(len(lt)) if lt[i] not in types])
+    out.model.layers = nnx.List([fuse(out.model.layers[i]) for i in range(len(lt))
+                                 if lt[i] not in types])
     out.layers_stacked = True
     return out
 
@@ -417,7 +425,7 @@ def unstack_layers(model: JetNemotronForCausalLM) -> JetNemotronForCausalLM:
     if not model.layers_stacked:
         return model
     out = nnx.merge(*nnx.split(model))
-    layers = [out._layer(i) for i in range(out.config.num_hidden_layers)]
+    layers = [unfuse_inputs(out._layer(i)) for i in range(out.config.num_hidden_layers)]
     out.model.layers = nnx.List(layers)
     del out.model.layer_stacks
     out.layers_stacked = False

@@ -82,7 +82,7 @@ def test_scanned_decode_after_prefill_equals_full_forward():
     stacked = stack_layers(unrolled)  # parameters stacked once, outside the jitted steps
     # one stack per linear type: both jet runs (layers 0-1 and 5-6) index rows of it
     assert stacked.stacked_types() == ("jet",)
-    assert stacked.model.layer_stacks[0].mlp.up_proj.kernel.shape[0] == 4
+    assert stacked.model.layer_stacks[0].mlp.fused_inputs.kernel.shape[0] == 4
     assert generate(stacked, prompts, max_new_tokens=12, prefill_chunk_size=8) == want
 
 

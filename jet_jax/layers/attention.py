@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jet_jax.config import ModelConfig
+from jet_jax.layers.fused_linear import project_inputs
 from jet_jax.layers.norms import RMSNorm
 from jet_jax.layers.rope import apply_rope
 from jet_jax.ops.attention import dot_product_attention
@@ -22,6 +23,8 @@ from jet_jax.sharding import partitioned
 
 class Attention(nnx.Module):
     """x: [B, T, D] -> [B, T, D]. window=None: full causal; else sliding window."""
+
+    INPUT_PROJECTIONS = ("q_proj", "k_proj", "v_proj")  # see jet_jax.layers.fused_linear
 
     def __init__(self, cfg: ModelConfig, *, window: int | None, rngs: nnx.Rngs,
                  dtype=jnp.float32, param_dtype=jnp.float32, implementation: str = "auto"):
@@ -65,9 +68,10 @@ class Attention(nnx.Module):
         Returns (y [B, T, D], new_cache or None).
         """
         b, t, _ = x.shape
-        q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
-        k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        q, k, v = project_inputs(self, x)
+        q = q.reshape(b, t, self.num_heads, self.head_dim)
+        k = k.reshape(b, t, self.num_kv_heads, self.head_dim)
+        v = v.reshape(b, t, self.num_kv_heads, self.head_dim)
         if hasattr(self, "q_norm"):
             q, k = self.q_norm(q), self.k_norm(k)
         q = apply_rope(q, positions, self.rope_theta, self.rope_scaling)

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jet_jax.config import ModelConfig
+from jet_jax.layers.fused_linear import project_inputs
 from jet_jax.layers.norms import GatedRMSNorm
 from jet_jax.ops.dynamic_conv import dynamic_causal_conv, dynamic_causal_conv_step
 from jet_jax.ops.gated_delta_rule import gated_delta_rule, gated_delta_rule_step
@@ -73,7 +74,11 @@ class KernelGenerator(nnx.Module):
                              **common)
 
     def __call__(self, x):
-        return self.w2(jax.nn.silu(self.w1(x)))
+        return self.from_hidden(self.w1(x))
+
+    def from_hidden(self, hidden):
+        """hidden = w1(x): [B, T, hidden] -> kernels [B, T, V * W]."""
+        return self.w2(jax.nn.silu(hidden))
 
 
 class DynamicConv1d(nnx.Module):
@@ -86,8 +91,12 @@ class DynamicConv1d(nnx.Module):
 
     def kernels(self, x: jax.Array) -> jax.Array:
         """x: [B, T, D] -> [B, T, C, W]; flat generator index = channel * W + tap."""
-        b, t, _ = x.shape
-        return self.kernel_generator(x).reshape(b, t, self.channels, self.kernel_size)
+        return self.kernels_from_hidden(self.kernel_generator.w1(x))
+
+    def kernels_from_hidden(self, hidden: jax.Array) -> jax.Array:
+        """hidden = kernel_generator.w1(x): [B, T, hidden] -> [B, T, C, W]."""
+        b, t, _ = hidden.shape
+        return self.kernel_generator.from_hidden(hidden).reshape(b, t, self.channels, self.kernel_size)
 
 
 def _init_a_log(key, shape, dtype=jnp.float32):
@@ -102,6 +111,10 @@ def _init_dt_bias(key, shape, dtype=jnp.float32, dt_min=1e-3, dt_max=1e-1, floor
 
 class JetBlock(nnx.Module):
     """x: [B, T, D] -> [B, T, D]; cache = {"conv": [B, V, W], "state": [B, H, dk, dv] f32}."""
+
+    # the projections of the block's input (one product once fused: jet_jax.layers.fused_linear)
+    INPUT_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "b_proj", "a_proj", "g_proj",
+                         "dynamic_conv1d.kernel_generator.w1")
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype=jnp.float32,
                  param_dtype=jnp.float32, gdr_implementation: str = "auto",
@@ -149,13 +162,13 @@ class JetBlock(nnx.Module):
         del positions  # position-free mixer
         b, t, _ = x.shape
         h, dk, dv = self.num_heads, self.head_k_dim, self.head_v_dim
-        q = jax.nn.silu(self.q_proj(x)).reshape(b, t, h, dk)
-        k = jax.nn.silu(self.k_proj(x)).reshape(b, t, h, dk)
-        v0 = self.v_proj(x)
-        kernels = self.dynamic_conv1d.kernels(x)
-        beta = jax.nn.sigmoid(self.b_proj(x).astype(jnp.float32))
+        q, k, v0, b_x, a_x, g_x, hidden = project_inputs(self, x)
+        q = jax.nn.silu(q).reshape(b, t, h, dk)
+        k = jax.nn.silu(k).reshape(b, t, h, dk)
+        kernels = self.dynamic_conv1d.kernels_from_hidden(hidden)
+        beta = jax.nn.sigmoid(b_x.astype(jnp.float32))
         g = -jnp.exp(self.A_log[...].astype(jnp.float32)) * jax.nn.softplus(
-            self.a_proj(x).astype(jnp.float32) + self.dt_bias[...].astype(jnp.float32))
+            a_x.astype(jnp.float32) + self.dt_bias[...].astype(jnp.float32))
 
         new_cache = None
         if cache is not None and t == 1:
@@ -176,6 +189,6 @@ class JetBlock(nnx.Module):
                 use_qk_l2norm=True, implementation=self.gdr_implementation)
             if cache is not None:
                 new_cache = {"conv": conv.astype(cache["conv"].dtype), "state": state}
-        gate = self.g_proj(x).reshape(b, t, h, dv)
+        gate = g_x.reshape(b, t, h, dv)
         o = self.o_norm(o, gate).reshape(b, t, h * dv)
         return self.o_proj(o.astype(self.dtype)), new_cache

@@ -4,11 +4,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jet_jax.layers.fused_linear import project_inputs
 from jet_jax.sharding import partitioned
 
 
 class MLP(nnx.Module):
     """x: [B, T, D] -> [B, T, D]."""
+
+    INPUT_PROJECTIONS = ("gate_proj", "up_proj")  # see jet_jax.layers.fused_linear
 
     def __init__(self, hidden_size: int, intermediate_size: int, *, init_std: float,
                  rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32):
@@ -22,4 +25,5 @@ class MLP(nnx.Module):
                                     kernel_init=partitioned(init, "mlp", "embed"), **common)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = project_inputs(self, x)
+        return self.down_proj(jax.nn.silu(gate) * up)
