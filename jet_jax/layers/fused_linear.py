@@ -143,4 +143,5 @@ def project_inputs(module: nnx.Module, x: jax.Array) -> tuple[jax.Array, ...]:
     fused = getattr(module, "fused_inputs", None)
     if fused is not None:
         return fused(x)
-    return tuple(_get(module, p)(x) for p in type(module).INPUT_PROJECTIONS)
+    # read through the instance: views that delegate their attributes to a layer work too
+    return tuple(_get(module, p)(x) for p in module.INPUT_PROJECTIONS)
