@@ -61,6 +61,15 @@ def _param_dtype(model) -> str:
     return dtypes.pop()
 
 
+def _per_layer(model):
+    """`model` with per-layer parameters: a `stack_layers` inference view is unstacked (and
+    its fused projections split), so what is written loads into the model as built."""
+    if getattr(model, "layers_stacked", False):
+        from jet_jax.model import unstack_layers
+        return unstack_layers(model)
+    return model
+
+
 def save_orbax(model, path: str | os.PathLike, *, overwrite: bool = False,
                tokenizer_from: str | os.PathLike | None = None) -> Path:
     """Write the model's parameters (in their own dtype) and config to `path`.
@@ -69,6 +78,7 @@ def save_orbax(model, path: str | os.PathLike, *, overwrite: bool = False,
     refused unless `overwrite=True`.
     """
     path = Path(path).absolute()
+    model = _per_layer(model)
     cfg: ModelConfig = model.config
     meta = {"format": FORMAT, "version": FORMAT_VERSION, "param_dtype": _param_dtype(model),
             "config": config_to_dict(cfg)}
@@ -96,7 +106,7 @@ def save_params(model, path: str | os.PathLike, *, files: dict[str, str] | None 
     temporary sibling and moved into place (never half-written; an existing non-empty `path`
     is refused unless `overwrite`). `load_params` reads the tree back."""
     path = Path(path).absolute()
-    state = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    state = nnx.to_pure_dict(nnx.state(_per_layer(model), nnx.Param))
     with staged_directory(path, overwrite=overwrite) as tmp:
         with _this_process_checkpointer() as ckptr:
             ckptr.save(tmp / PARAMS_DIR, state)
@@ -109,6 +119,9 @@ def save_params(model, path: str | os.PathLike, *, files: dict[str, str] | None 
 
 def load_params(model, path: str | os.PathLike) -> None:
     """Restore `path/params/` (written by `save_params`) into `model`'s nnx.Param values."""
+    if getattr(model, "layers_stacked", False):
+        raise ValueError(f"load_params: {path}: the model is a stack_layers inference view; load "
+                         "into the per-layer model, then call stack_layers")
     state = nnx.state(model, nnx.Param)
     with _this_process_checkpointer() as ckptr:
         restored = ckptr.restore(Path(path).absolute() / PARAMS_DIR, nnx.to_pure_dict(state))

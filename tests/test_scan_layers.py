@@ -153,3 +153,31 @@ def test_bf16_stacks_slice_per_layer_on_cpu():
     temp = _compiled_decode_step(stacked, 8, 16, jnp.bfloat16)[0].memory_analysis().temp_size_in_bytes
     stack_f32 = 2 * sum(x.size * x.dtype.itemsize for x in leaves)
     assert temp < stack_f32, (temp, stack_f32)  # 0.7 MB vs 2.4 MB with the whole-stack convert
+
+
+def test_stacked_view_writes_the_per_layer_checkpoint(tmp_path):
+    """HF export and Orbax save of a `stack_layers` view (bf16: its stacks are uint16 bits on
+    CPU, its projections fused) write what the per-layer model writes; loading into a view
+    is refused in one line."""
+    from safetensors.numpy import load_file
+    from jet_jax.checkpoint_io import load_model, load_params, save_orbax
+    from jet_jax.convert.hf import to_hf
+    model = JetNemotronForCausalLM(CFG, rngs=nnx.Rngs(0), dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
+    stacked = stack_layers(model)
+    to_hf(model, tmp_path / "hf_model")
+    to_hf(stacked, tmp_path / "hf_stacked")
+    want, got = load_file(tmp_path / "hf_model" / "model.safetensors"), load_file(tmp_path / "hf_stacked" / "model.safetensors")
+    assert sorted(got) == sorted(want)
+    for key in want:
+        assert got[key].dtype == want[key].dtype and np.array_equal(got[key], want[key]), key
+    save_orbax(stacked, tmp_path / "orbax_stacked")
+    back = load_model(tmp_path / "orbax_stacked")
+    a = nnx.to_flat_state(nnx.state(model, nnx.Param))
+    b = nnx.to_flat_state(nnx.state(back, nnx.Param))
+    assert [p for p, _ in a] == [p for p, _ in b]
+    for (_, x), (_, y) in zip(a, b):
+        assert x.get_value().dtype == y.get_value().dtype
+        np.testing.assert_array_equal(np.asarray(x.get_value(), np.float32), np.asarray(y.get_value(), np.float32))
+    import pytest
+    with pytest.raises(ValueError, match="stack_layers inference view"):
+        load_params(stacked, tmp_path / "orbax_stacked")

@@ -16,7 +16,7 @@ from safetensors.numpy import save_file
 
 from jet_jax.config import ModelConfig
 from jet_jax.convert.key_table import IGNORED_HF_SUFFIXES, key_table
-from jet_jax.model import JetNemotronForCausalLM
+from jet_jax.model import JetNemotronForCausalLM, unstack_layers
 from jet_jax.sharding import place, state_shardings
 from jet_jax.staged_dir import copy_tokenizer_files, staged_directory
 
@@ -129,7 +129,9 @@ def param_dtype_of(model: JetNemotronForCausalLM) -> np.dtype:
 
 
 def model_to_hf_tensors(model: JetNemotronForCausalLM, dtype=None) -> dict[str, np.ndarray]:
-    """HF name -> numpy tensor, in `dtype` (None: the model's parameter dtype)."""
+    """HF name -> numpy tensor, in `dtype` (None: the model's parameter dtype). A
+    `stack_layers` inference view is unstacked first (HF keys are per layer)."""
+    model = unstack_layers(model)
     flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
     np_dtype = _np_dtype(param_dtype_of(model) if dtype is None else dtype)
     out = {}
