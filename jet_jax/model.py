@@ -389,7 +389,8 @@ def _written_after(rows, h: jax.Array):
 
 
 def stack_layers(model: JetNemotronForCausalLM, fuse_projections: bool = True) -> JetNemotronForCausalLM:
-    """A scanning view of `model` (arrays shared, `model` unchanged) for inference.
+    """A scanning view of `model` (`model` unchanged; arrays shared except the stacks and the
+    fused projections, which are copies) for inference.
 
     The layers of each type in `stacked_types()` (linear types with a multi-layer run) are
     stacked once here into one [n_type, ...] module (`model.model.layer_stacks`; a copy, with
