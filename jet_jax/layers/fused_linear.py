@@ -13,6 +13,7 @@ projections back with their values and variable metadata. Parameters are stored 
 
 from __future__ import annotations
 
+import itertools
 from typing import Sequence
 
 import jax
@@ -28,14 +29,10 @@ def _get(module, path: str):
     return module
 
 
-def _set(module, path: str, value):
-    *parents, name = path.split(".")
-    for p in parents:
-        module = getattr(module, p)
-    if value is None:
-        delattr(module, name)
-    else:
-        setattr(module, name, value)
+def _owner(module, path: str):
+    """(the module holding the attribute at `path`, the attribute's name)."""
+    head, _, name = path.rpartition(".")
+    return (_get(module, head) if head else module), name
 
 
 def _fused_metadata(metadata: dict) -> dict:
@@ -87,22 +84,22 @@ class FusedLinear(nnx.Module):
                              precision=self.precision, **kw)
         if bias is not None:
             y = y + bias
-        bounds, at = [], 0
-        for n in self.sizes[:-1]:
-            at += n
-            bounds.append(at)
-        return tuple(jnp.split(y, bounds, axis=-1))
+        return self._split(y)
+
+    def _split(self, a: jax.Array) -> tuple[jax.Array, ...]:
+        """[..., sum(sizes)] -> one [..., N_i] per part."""
+        return tuple(jnp.split(a, list(itertools.accumulate(self.sizes[:-1])), axis=-1))
 
     def unfuse(self) -> list[nnx.Linear]:
         """The parts as `nnx.Linear`s again (values split off the fused arrays)."""
-        out, at = [], 0
-        for n, (graphdef, kmeta, bmeta) in zip(self.sizes, self.part_defs):
-            take = lambda a: jax.lax.slice_in_dim(a, at, at + n, axis=a.ndim - 1)
-            state = {"kernel": nnx.Param(take(self.kernel[...]), **dict(kmeta))}
+        kernels = self._split(self.kernel[...])
+        biases = self._split(self.bias[...]) if self.bias is not None else [None] * len(kernels)
+        out = []
+        for kernel, bias, (graphdef, kmeta, bmeta) in zip(kernels, biases, self.part_defs):
+            state = {"kernel": nnx.Param(kernel, **dict(kmeta))}
             if bmeta is not None:
-                state["bias"] = nnx.Param(take(self.bias[...]), **dict(bmeta))
+                state["bias"] = nnx.Param(bias, **dict(bmeta))
             out.append(nnx.merge(graphdef, nnx.State(state)))
-            at += n
         return out
 
 
@@ -121,7 +118,7 @@ def fuse_inputs(module: nnx.Module) -> nnx.Module:
         paths = type(m).INPUT_PROJECTIONS
         fused = FusedLinear([_get(m, p) for p in paths])
         for p in paths:
-            _set(m, p, None)
+            delattr(*_owner(m, p))
         m.fused_inputs = fused
     return module
 
@@ -132,7 +129,7 @@ def unfuse_inputs(module: nnx.Module) -> nnx.Module:
                if _fusable(m) and getattr(m, "fused_inputs", None) is not None]
     for m in targets:
         for p, part in zip(type(m).INPUT_PROJECTIONS, m.fused_inputs.unfuse()):
-            _set(m, p, part)
+            setattr(*_owner(m, p), part)
         del m.fused_inputs
     return module
 
