@@ -369,3 +369,21 @@ def test_single_token_with_segment_ids_continues_state(impl):
                             segment_ids=seg, implementation=impl)
     o_ref, s_ref = gated_delta_rule_step(q[:, 0], k[:, 0], v[:, 0], g[:, 0], beta[:, 0], h0)
     assert rel_err(o[:, 0], o_ref) < 1e-5 and rel_err(s, s_ref) < 1e-5
+
+
+@pytest.mark.parametrize("C", [1, 2, 48, 64])
+def test_ut_inverse_matches_numpy(C):
+    """The chunked form's (I + A)^-1 (A strictly lower, as beta * decayed k.k^T builds it from
+    nearly parallel keys, the case a doubling series gets wrong) against numpy's float64
+    inverse; C = 48 goes through the padding to 64. Relative error 1e-5."""
+    import importlib
+
+    inverse = importlib.import_module("jet_jax.ops.gated_delta_rule")._unit_lower_inverse
+    rng = np.random.default_rng(C)
+    k = rng.normal(size=(3, 1, 16)) + 0.1 * rng.normal(size=(3, C, 16))  # nearly parallel rows
+    k /= np.linalg.norm(k, axis=-1, keepdims=True)
+    beta = rng.uniform(0.5, 1.0, size=(3, C, 1))
+    A = np.tril(beta * (k @ np.swapaxes(k, -1, -2)), -1)
+    got = np.asarray(inverse(jnp.asarray(A, jnp.float32)), np.float64)
+    want = np.linalg.inv(np.eye(C) + A)
+    assert rel_err(got, want) < 1e-5, rel_err(got, want)
