@@ -13,7 +13,8 @@ and prints them as it goes. A failing row prints why; the rest still run.
       kernel (run past the shared-memory model, to learn whether it compiles). A kernel may be added to
       pallas_kernels/verified.py for this backend only after its rows here PASS; the suite
       prints the entry to paste (device, date, commit, max error, this command).
-  (b) kernel table at the model's shapes (bf16 inputs, f32 state): chunked XLA, pallas and
+  (b) kernel table at the model's shapes (bf16 inputs, f32 state): chunked XLA (recompute
+      groups of 8 chunks, the default, and one group: `remat_chunks=None`), pallas and
       FLA `chunk_gated_delta_rule` (torch, Triton; bf16 operands in its dots), forward and forward+backward, with the
       ratio to FLA. FLA 0.6.0's backward refuses to run on Hopper with triton < 3.7.1
       (FLA issue #640): that row prints the refusal.
@@ -204,7 +205,11 @@ def kernel_table(rep, cpu, iters):
     from pallas_kernels.gdr import gated_delta_rule_pallas
     shapes = [(1, 128, 2, 32, 64)] if cpu else [(8, 4096, 12, 96, 256), (4, 8192, 16, 128, 256)]
     dtype = jnp.float32 if cpu else jnp.bfloat16
-    impls = [("jet_jax chunked (XLA)", lambda *a: gated_delta_rule(*a, implementation="chunked"))]
+    impls = [("jet_jax chunked (XLA)", lambda *a: gated_delta_rule(*a, implementation="chunked")),
+             # every chunk in one recompute group: no loop over groups, 4-16x larger batched
+             # intra-chunk products; on CPU 30% slower (cache), here unmeasured
+             ("jet_jax chunked (XLA), one recompute group",
+              lambda *a: gated_delta_rule(*a, implementation="chunked", remat_chunks=None))]
     impls += [(name, lambda *a, o=opts: gated_delta_rule_pallas(*a, interpret="plain" if cpu else False,
                                                                  backend="gpu", **o))
               for name, opts in PALLAS.items()]

@@ -321,6 +321,9 @@ def test_errors():
         gated_delta_rule(q, k, v, g, beta, segment_ids=np.zeros((1, 5), np.float32))
     with pytest.raises(ValueError, match=r"q must be floating point"):
         gated_delta_rule(q.astype(np.int32), k, v, g, beta)
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match=r"remat_chunks must be a positive int or None"):
+            gated_delta_rule(q, k, v, g, beta, implementation="chunked", remat_chunks=bad)
     with pytest.raises(ValueError, match=r"unknown implementation 'fast'"):
         gated_delta_rule(q, k, v, g, beta, implementation="fast")
     with pytest.raises(ValueError, match=r"gated_delta_rule_step: unknown implementation 'chunked'"):
@@ -342,20 +345,23 @@ def test_pallas_missing_is_a_clear_error():
         pytest.skip("pallas_kernels.gdr is importable; its own tests cover it")
 
 
-def test_chunked_across_recomputation_groups_matches_fla_naive():
-    """T = 1100 spans three groups of 8 chunks (the last partial): outputs, state and all
-    gradients against FLA's naive recurrence, with packed documents crossing group edges."""
+@pytest.mark.parametrize("remat_chunks", [8, 5, None])
+def test_chunked_across_recomputation_groups_matches_fla_naive(remat_chunks):
+    """T = 1100 is 18 chunks: three groups of 8 (the default; the last partial), four of 5, or
+    one group (None): outputs, state and all gradients against FLA's naive recurrence, with
+    packed documents crossing group edges."""
     arrays = make_inputs(1, 1100, 1, 8, 8, seed=21)
     rng = np.random.default_rng(22)
     weights = (rng.normal(size=arrays[2].shape).astype(np.float32), rng.normal(size=arrays[5].shape).astype(np.float32))
     ref = _torch_grads(lambda q, k, v, g, beta, h0: fla_naive(torch_l2norm(q), torch_l2norm(k), v, beta, g,
                                                                initial_state=h0, output_final_state=True),
                        arrays, weights)
-    got = _jax_grads(arrays, weights, implementation="chunked")
+    got = _jax_grads(arrays, weights, implementation="chunked", remat_chunks=remat_chunks)
     for name, a, b in zip("q k v g beta h0".split(), got, ref):
         assert rel_err(a, b) < 2e-4, name
     seg = np.repeat([1, 2, 3], [500, 30, 570])[None]  # boundaries at 500 (inside group 0) and 530
-    o, _ = gated_delta_rule(*arrays[:5], segment_ids=jnp.asarray(seg), implementation="chunked")
+    o, _ = gated_delta_rule(*arrays[:5], segment_ids=jnp.asarray(seg), implementation="chunked",
+                            remat_chunks=remat_chunks)
     o_ref, _ = gated_delta_rule(*arrays[:5], segment_ids=jnp.asarray(seg), implementation="recurrent")
     assert rel_err(o, o_ref) < 1e-4
 

@@ -32,7 +32,10 @@ __all__ = ["gated_delta_rule", "gated_delta_rule_step", "CHUNK_SIZE", "IMPLEMENT
            "STEP_IMPLEMENTATIONS"]
 
 CHUNK_SIZE = 64
-CHUNKS_PER_GROUP = 8  # backward recomputation granularity of the chunked form
+# Default backward recomputation granularity of the chunked form (`remat_chunks`). On CPU, 4
+# runs 6-15% faster, and one group (no loop over groups) compiles faster but runs 30% slower;
+# the GPU is unmeasured (benchmarks/gpu_suite.py, part (b)).
+CHUNKS_PER_GROUP = 8
 _L2_EPS = 1e-6  # same eps as FLA's l2norm
 IMPLEMENTATIONS = ("auto", "recurrent", "chunked", "pallas")
 STEP_IMPLEMENTATIONS = ("auto", "recurrent", "fused")
@@ -184,7 +187,9 @@ def _unit_lower_inverse(A):
     substitution unrolls into ~60 differently shaped slices and updates per layer).
     Numerically it is blocked triangular inversion (the same sums as forward substitution);
     not a doubling series (I - A)(I + A^2)...: its powers reach binomial sizes when the keys
-    of a chunk are nearly parallel, and f32 cancels badly. Not `lax.linalg.triangular_solve`:
+    of a chunk are nearly parallel, and f32 cancels badly. Not one loop of a fixed-shape
+    body (L <- L - L B_s L on the whole [C, C] matrix): it compiles the op in 0.75x the
+    time but runs it 1.25x slower on CPU (benchmarks/RESULTS.md, 2026-12-07). Not `lax.linalg.triangular_solve`:
     jaxlib's batched CPU solve spreads its batch over the thread pool it runs on and can
     deadlock when that pool is busy (seen with 8 host devices on 2 cores). C that is not a
     power of two is padded with identity rows (zero A), which leaves the leading block's
@@ -252,13 +257,14 @@ def _chunk_intra(q, k, v, g, beta, doc, doc_prev):
     return u, w, P, qg, kd, dN
 
 
-@functools.partial(jax.jit, static_argnames=("scale", "use_qk_l2norm", "chunk_size"))
-def _chunked(q, k, v, g, beta, initial_state, segment_ids, *, scale, use_qk_l2norm, chunk_size=CHUNK_SIZE):
+@functools.partial(jax.jit, static_argnames=("scale", "use_qk_l2norm", "chunk_size", "remat_chunks"))
+def _chunked(q, k, v, g, beta, initial_state, segment_ids, *, scale, use_qk_l2norm, chunk_size=CHUNK_SIZE,
+             remat_chunks=CHUNKS_PER_GROUP):
     """Chunkwise-parallel form. Shapes as `gated_delta_rule`; returns f32 o, S."""
     B, T, H, Dk = q.shape
     Dv = v.shape[-1]
     C = chunk_size
-    G = min(CHUNKS_PER_GROUP, -(-T // C))  # chunks recomputed together in the backward pass
+    G = -(-T // C) if remat_chunks is None else min(remat_chunks, -(-T // C))  # chunks per group
     NG = -(-T // (C * G))
     N = NG * G
     pad = N * C - T
@@ -320,6 +326,7 @@ def gated_delta_rule(
     segment_ids=None,
     use_qk_l2norm=True,
     implementation="auto",
+    remat_chunks=CHUNKS_PER_GROUP,
 ):
     """Gated delta rule over a sequence.
 
@@ -331,12 +338,19 @@ def gated_delta_rule(
       segment_ids: [B, T] int; the state resets to zero wherever the id changes.
       use_qk_l2norm: L2-normalise q and k per head (eps 1e-6) in float32.
       implementation: "auto" | "recurrent" | "chunked" | "pallas".
+      remat_chunks ("chunked" only): how many 64-token chunks the backward pass recomputes
+        together. The intra-chunk work of a group is batched; the groups run one after
+        another and only their boundary states are saved. More chunks: more backward
+        memory, fewer sequential steps. None: the whole sequence is one group.
     Returns:
       o: [B, T, H, Dv] in v's dtype, and the final state [B, H, Dk, Dv] float32 or None.
     """
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"gated_delta_rule: unknown implementation {implementation!r}; expected one of {IMPLEMENTATIONS}")
     B, T, H, Dk, Dv = _validate(q, k, v, g, beta, initial_state, segment_ids)
+    if remat_chunks is not None and (isinstance(remat_chunks, bool) or not isinstance(remat_chunks, int)
+                                     or remat_chunks < 1):
+        raise ValueError(f"gated_delta_rule: remat_chunks must be a positive int or None, got {remat_chunks!r}")
     scale = float(Dk**-0.5 if scale is None else scale)
     if implementation in ("auto", "pallas"):
         fn = select_pallas("gated_delta_rule", "pallas_kernels.gdr", "gated_delta_rule_pallas", implementation)
@@ -353,8 +367,11 @@ def gated_delta_rule(
                 (bthd, ("batch", "heads", None, None) if output_final_state else None),
             )
         implementation = "chunked"
-    impl = _recurrent if implementation == "recurrent" else _chunked
-    o, S = impl(q, k, v, g, beta, initial_state, segment_ids, scale=scale, use_qk_l2norm=bool(use_qk_l2norm))
+    kw = dict(scale=scale, use_qk_l2norm=bool(use_qk_l2norm))
+    if implementation == "recurrent":
+        o, S = _recurrent(q, k, v, g, beta, initial_state, segment_ids, **kw)
+    else:
+        o, S = _chunked(q, k, v, g, beta, initial_state, segment_ids, remat_chunks=remat_chunks, **kw)
     return o.astype(v.dtype), (S if output_final_state else None)
 
 
