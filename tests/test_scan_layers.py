@@ -6,6 +6,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from jet_jax_configs.presets import TINY_JET
@@ -178,6 +179,5 @@ def test_stacked_view_writes_the_per_layer_checkpoint(tmp_path):
     for (_, x), (_, y) in zip(a, b):
         assert x.get_value().dtype == y.get_value().dtype
         np.testing.assert_array_equal(np.asarray(x.get_value(), np.float32), np.asarray(y.get_value(), np.float32))
-    import pytest
     with pytest.raises(ValueError, match="stack_layers inference view"):
         load_params(stacked, tmp_path / "orbax_stacked")

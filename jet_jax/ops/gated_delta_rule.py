@@ -189,9 +189,10 @@ def _unit_lower_inverse(A):
     not a doubling series (I - A)(I + A^2)...: its powers reach binomial sizes when the keys
     of a chunk are nearly parallel, and f32 cancels badly. Not one loop of a fixed-shape
     body (L <- L - L B_s L on the whole [C, C] matrix): it compiles the op in 0.75x the
-    time but runs it 1.25x slower on CPU (benchmarks/RESULTS.md, 2026-12-07). Not `lax.linalg.triangular_solve`:
-    jaxlib's batched CPU solve spreads its batch over the thread pool it runs on and can
-    deadlock when that pool is busy (seen with 8 host devices on 2 cores). C that is not a
+    time but runs it 1.25x slower on CPU (benchmarks/RESULTS.md, 2026-12-07). Not
+    `lax.linalg.triangular_solve`: jaxlib's batched CPU solve spreads its batch over the
+    thread pool it runs on and can deadlock when that pool is busy (seen with 8 host devices
+    on 2 cores). C that is not a
     power of two is padded with identity rows (zero A), which leaves the leading block's
     inverse unchanged.
     """
